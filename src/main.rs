@@ -1,1 +1,274 @@
-fn main() {}
+//! The `fasp-engine` command line. All logic lives in the library (`fasp_engine::job` and
+//! friends) so that tests reach it; this file parses flags, sets up logging and prints.
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use fasp_engine::job::{self, Device, PruneJob};
+use fasp_engine::model::{DType, Model};
+use fasp_engine::prune::{Method, PruneConfig};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "fasp-engine",
+    version = fasp_engine::build_info(),
+    about = "FASP structured pruning for OPT and LLaMA models (arXiv 2501.09412)",
+    long_about = "Removes whole channels from OPT and LLaMA models without retraining: the coupled \
+        columns of o_proj/out_proj (with v_proj rows) and of fc2/down_proj (with fc1 or gate/up rows) \
+        are scored with ||X_j||_2 * sum_i |W[i,j]|, the lowest go, and the kept columns are re-fit \
+        by least squares. Layers are processed in order, each seeing the already-pruned layers.\n\n\
+        Logging: set RUST_LOG (e.g. RUST_LOG=info)."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Prune a model and write a dense-equivalent HF directory (or the compact form) with fasp.json.
+    Prune(PruneArgs),
+    /// Perplexity of a model (dense, pruned dense-equivalent, or compact) on a text or .npy token file.
+    Eval(EvalArgs),
+    /// Print a model's architecture, shapes, dtype and parameter counts.
+    Inspect(InspectArgs),
+}
+
+#[derive(Args)]
+struct PruneArgs {
+    /// Input model: an HF directory (config.json + model.safetensors or a sharded index) or a .gguf file.
+    #[arg(long)]
+    model: PathBuf,
+    /// Output directory. Written to a temporary directory beside it and renamed into place at the end.
+    #[arg(long)]
+    out: PathBuf,
+    /// Fraction of the units of every pair to remove, in [0, 1). Pruned p = floor(n*s + 0.5).
+    #[arg(long, default_value_t = 0.2)]
+    sparsity: f64,
+    /// Calibration data: a text file (tokenized with the model's tokenizer.json), or a .npy of
+    /// integer token ids: 2-D [N, L] windows used as they are, or a 1-D stream to sample from.
+    #[arg(long)]
+    calib: PathBuf,
+    /// Number of calibration windows sampled from a text or 1-D stream [default: 128].
+    #[arg(long)]
+    nsamples: Option<usize>,
+    /// Calibration window length in tokens [default: 2048].
+    #[arg(long)]
+    seqlen: Option<usize>,
+    /// Seed of the calibration sampler (and of --method random).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Relative damping: lambda = damp * mean(diag(H[S,S])). Multiplied by 10 (at most 3 times)
+    /// when the Cholesky factorisation fails.
+    #[arg(long, default_value_t = 0.01)]
+    damp: f64,
+    /// Ablation: keep W2[:,S] as it is, without the least-squares restoration.
+    #[arg(long)]
+    no_restore: bool,
+    /// Prune the MLP pairs only; attention is left whole.
+    #[arg(long)]
+    skip_attn: bool,
+    /// Pruning method. fasp (default); wanda-sp: mean|W|*sqrt(mean x^2), whole heads, no update;
+    /// flap: var(x)*sum W^2, whole heads, bias compensation; magnitude: column L1 norm; random: seeded.
+    #[arg(long, value_enum, default_value_t = Method::Fasp)]
+    method: Method,
+    /// Where to run: auto picks CUDA when kernels are built in and a GPU is usable, else the CPU.
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    device: Device,
+    /// Output tensor dtype (f32, f16, bf16); the input's by default.
+    #[arg(long, value_parser = parse_dtype)]
+    dtype: Option<DType>,
+    /// Write the truly compact form (per-KV-head value widths differ); only fasp-engine runs it.
+    #[arg(long)]
+    compact: bool,
+    /// Replace an existing --out directory.
+    #[arg(long)]
+    force: bool,
+    /// Print the run record (fasp.json) on stdout instead of a summary.
+    #[arg(long)]
+    json: bool,
+    /// No progress bar.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct EvalArgs {
+    /// Model: an HF directory (dense, pruned or compact) or a .gguf file.
+    #[arg(long)]
+    model: PathBuf,
+    /// Evaluation text, tokenized with the model's tokenizer.json.
+    #[arg(long, conflicts_with = "tokens", required_unless_present = "tokens")]
+    text: Option<PathBuf>,
+    /// Evaluation token ids as .npy (1-D stream, or 2-D read row after row).
+    #[arg(long)]
+    tokens: Option<PathBuf>,
+    /// Window length: the stream is cut into non-overlapping windows; the last partial one is dropped.
+    #[arg(long, default_value_t = 2048)]
+    seqlen: usize,
+    /// Evaluate at most this many windows (the first ones).
+    #[arg(long)]
+    max_windows: Option<usize>,
+    /// Print one JSON object: ppl, nll_sum, seqlen, windows, predicted_tokens.
+    #[arg(long)]
+    json: bool,
+    /// No progress bar.
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+#[derive(Args)]
+struct InspectArgs {
+    /// Model: an HF directory or a .gguf file.
+    #[arg(long)]
+    model: PathBuf,
+    /// List every tensor with its shape and dtype.
+    #[arg(long)]
+    tensors: bool,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn parse_dtype(s: &str) -> Result<DType, String> {
+    DType::parse(s).ok_or_else(|| format!("unknown dtype {s:?} (f32, f16, bf16)"))
+}
+
+fn prune(a: PruneArgs) -> Result<()> {
+    let job = PruneJob {
+        model: a.model,
+        out: a.out,
+        calib: a.calib,
+        nsamples: a.nsamples,
+        seqlen: a.seqlen,
+        calib_seed: a.seed,
+        prune: PruneConfig {
+            sparsity: a.sparsity,
+            damp: a.damp,
+            restore: !a.no_restore,
+            skip_attn: a.skip_attn,
+            method: a.method,
+            seed: a.seed,
+        },
+        device: a.device,
+        dtype: a.dtype,
+        compact: a.compact,
+        force: a.force,
+        progress: !a.quiet && !a.json,
+    };
+    let s = job::run_prune(&job)?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&s.fasp_json)?);
+        return Ok(());
+    }
+    let ph = &s.report.phases;
+    println!("pruned {} -> {} ({}, sparsity {}, backend {})", job.model.display(), job.out.display(), job.prune.method.name(), job.prune.sparsity, s.report.backend);
+    println!(
+        "parameters: original {}, dense-equivalent {}, compact {} ({:.1}% removed)",
+        s.params_original,
+        s.params_dense_equivalent,
+        s.params_compact,
+        100.0 * (1.0 - s.params_compact as f64 / s.params_original as f64)
+    );
+    let err = |f: &dyn Fn(&fasp_engine::prune::LayerReport) -> (f64, f64)| {
+        s.report.layers.iter().map(f).fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1))
+    };
+    let (ar, an) = err(&|r| (r.attn.recon_error, r.attn.recon_error_no_restore));
+    let (mr, mn) = err(&|r| (r.mlp.recon_error, r.mlp.recon_error_no_restore));
+    println!("reconstruction error (sum over layers): attention {ar:.4e} (no restore {an:.4e}), mlp {mr:.4e} (no restore {mn:.4e})");
+    println!(
+        "time: {:.2} s total; embed {:.2}, weights {:.2}, forward+stats {:.2}, score+select {:.2}, restore {:.2}, error {:.2}, write {:.2}",
+        s.seconds_total, ph.embed, ph.load_weights, ph.forward_stats, ph.score_select, ph.restore, ph.recon_error, ph.write
+    );
+    Ok(())
+}
+
+fn eval(a: EvalArgs) -> Result<()> {
+    let path = a.text.or(a.tokens).context("--text or --tokens is required")?;
+    let r = job::run_eval(&a.model, &path, a.seqlen, a.max_windows, !a.quiet && !a.json)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&r)?);
+    } else {
+        println!(
+            "ppl {:.4}  (seqlen {}, windows {}, predicted tokens {}) {}",
+            r.ppl,
+            r.seqlen,
+            r.windows,
+            r.predicted_tokens,
+            a.model.display()
+        );
+    }
+    Ok(())
+}
+
+fn inspect(a: InspectArgs) -> Result<()> {
+    let m = Model::open(&a.model)?;
+    let c = &m.cfg;
+    let mut tensors = m.src.tensors();
+    tensors.sort();
+    let info = serde_json::json!({
+        "path": a.model.display().to_string(),
+        "source": m.src.describe(),
+        "model_type": c.family.name(),
+        "hidden_size": c.hidden,
+        "layers": c.layers,
+        "heads": c.heads,
+        "kv_heads": c.kv_heads,
+        "head_dim": c.head_dim,
+        "ffn": c.ffn,
+        "vocab": c.vocab,
+        "attn_bias": c.attn_bias,
+        "mlp_bias": c.mlp_bias,
+        "tied_lm_head": m.head_is_tied(),
+        "dtype": m.dtype().name(),
+        "parameters": m.param_count(),
+        "fasp_compact": c.compact_v_units.is_some(),
+        "tokenizer": m.tokenizer_json()?.is_some(),
+    });
+    if a.json {
+        let mut v = info;
+        if a.tensors {
+            v["tensors"] = tensors.iter().map(|(n, s)| serde_json::json!({"name": n, "shape": s})).collect();
+        }
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("{}  ({})", a.model.display(), m.src.describe());
+    println!("  architecture   {}{}", c.family.name(), if c.compact_v_units.is_some() { " (FASP compact)" } else { "" });
+    println!("  hidden         {}", c.hidden);
+    println!("  layers         {}", c.layers);
+    println!("  heads          {} (kv {}, head_dim {}, group {})", c.heads, c.kv_heads, c.head_dim, c.group());
+    println!("  ffn            {}", c.ffn);
+    println!("  vocab          {}", c.vocab);
+    println!("  biases         attention {}, mlp {}", c.attn_bias, c.mlp_bias);
+    println!("  lm_head        {}", if m.head_is_tied() { "tied to the embedding" } else { "separate" });
+    println!("  dtype          {}", m.dtype().name());
+    println!("  parameters     {}", m.param_count());
+    if a.tensors {
+        for (n, s) in tensors {
+            println!("  {n:<60} {s:?} {}", m.src.dtype(&n).map_or("?", |d| d.name()));
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .try_init();
+    let cli = Cli::parse();
+    let r = match cli.cmd {
+        Cmd::Prune(a) => prune(a),
+        Cmd::Eval(a) => eval(a),
+        Cmd::Inspect(a) => inspect(a),
+    };
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}

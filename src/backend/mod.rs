@@ -1,0 +1,67 @@
+//! What the pipeline needs from a device. The pipeline (`prune::pipeline`) is written once over
+//! this trait; the CPU backend is the readable reference and the CUDA backend overrides the same
+//! steps. The per-pair math (score, select, restore) has default implementations that call the
+//! reference functions, so a backend only overrides what it accelerates.
+
+pub mod cpu;
+
+use crate::error::Result;
+use crate::model::{LayerWeights, ModelConfig};
+use crate::prune::{restore, score, select};
+use crate::tensor::{Gram, Mat};
+
+/// Statistics of the input `X` of a pair's later matrix over all calibration tokens.
+#[derive(Clone, Debug)]
+pub struct PairStats {
+    /// `H = Σ x xᵀ` (f64).
+    pub h: Gram,
+    /// `Σ x` per column (for FLAP's mean and variance).
+    pub col_sum: Vec<f64>,
+    pub tokens: usize,
+}
+
+impl PairStats {
+    pub fn of(x: &Mat) -> PairStats {
+        let mut h = Gram::zeros(x.cols);
+        h.accumulate(x);
+        let mut col_sum = vec![0.0f64; x.cols];
+        for r in 0..x.rows {
+            for (s, &v) in col_sum.iter_mut().zip(x.row(r)) {
+                *s += v as f64;
+            }
+        }
+        PairStats { h, col_sum, tokens: x.rows }
+    }
+}
+
+pub trait Backend {
+    fn name(&self) -> String;
+
+    /// Starts a prune with the hidden states entering layer 0, `[N·L, d]`.
+    fn begin(&mut self, inps: Mat, seqlen: usize) -> Result<()>;
+
+    /// §7 step 1: runs the dense attention half of the layer on the current inputs, keeps the
+    /// context, and returns the statistics of the o_proj input.
+    fn attn_stats(&mut self, cfg: &ModelConfig, lw: &LayerWeights) -> Result<PairStats>;
+
+    /// §7 step 3: with the pruned attention (`lw.o` holds `W2'` over the context columns `ctx_cols`
+    /// of the dense context), runs up to the fc2/down_proj input, keeps it, and returns its
+    /// statistics.
+    fn mlp_stats(&mut self, cfg: &ModelConfig, lw: &LayerWeights, ctx_cols: &[usize]) -> Result<PairStats>;
+
+    /// §7 step 5: the next layer's inputs are this (pruned) layer's output; `mlp_cols` are the
+    /// kept intermediate channels, matching `lw.down`'s columns.
+    fn advance(&mut self, cfg: &ModelConfig, lw: &LayerWeights, mlp_cols: &[usize]) -> Result<()>;
+
+    fn column_scores(&self, w2: &Mat, hdiag: &[f64]) -> Result<Vec<f64>> {
+        Ok(score::column_scores(w2, hdiag))
+    }
+
+    fn top_k(&self, scores: &[f64], k: usize) -> Result<Vec<usize>, String> {
+        select::top_k(scores, k)
+    }
+
+    fn restore(&self, w2: &Mat, h: &Gram, s: &[usize], p: &[usize], damp: f64) -> Result<restore::Restored, String> {
+        restore::restore(w2, h, s, p, damp)
+    }
+}

@@ -1,0 +1,40 @@
+//! Library errors. Every variant carries the context a user needs to act on it
+//! (which file, which tensor, which layer and pair).
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum FaspError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}: invalid config.json: {msg}")]
+    Config { path: PathBuf, msg: String },
+    #[error("unsupported model: {0}")]
+    Unsupported(String),
+    #[error("{path}: {msg}")]
+    Weights { path: PathBuf, msg: String },
+    #[error("tensor {name}: {msg}")]
+    Tensor { name: String, msg: String },
+    #[error("calibration: {0}")]
+    Calib(String),
+    #[error("invalid argument: {0}")]
+    Arg(String),
+    #[error("layer {layer}, {pair} pair: {msg}")]
+    Pair { layer: usize, pair: &'static str, msg: String },
+    #[error("numerics: {0}")]
+    Numerics(String),
+    #[error("output {path}: {msg}")]
+    Output { path: PathBuf, msg: String },
+    #[error("CUDA: {0}")]
+    Cuda(String),
+    #[error("GGUF: {0}")]
+    Gguf(String),
+}
+
+pub type Result<T, E = FaspError> = std::result::Result<T, E>;
+
+impl FaspError {
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        FaspError::Io { path: path.into(), source }
+    }
+}

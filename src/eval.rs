@@ -1,0 +1,112 @@
+//! Perplexity (FASP-SPEC §10): non-overlapping windows of `seqlen`, the final partial window
+//! dropped, no BOS inserted; NLL of the `L-1` predicted tokens per window from log-softmax of f32
+//! logits, summed in f64; `ppl = exp(ΣNLL / (windows · (L−1)))`.
+
+use crate::error::{FaspError, Result};
+use crate::forward;
+use crate::model::{LayerWeights, Model};
+use crate::tensor::Mat;
+use serde::Serialize;
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Perplexity {
+    pub ppl: f64,
+    pub nll_sum: f64,
+    pub seqlen: usize,
+    pub windows: usize,
+    pub predicted_tokens: usize,
+}
+
+/// Cuts a stream into non-overlapping windows of `seqlen` (at most `max_windows`).
+pub fn windows(stream: &[u32], seqlen: usize, max_windows: Option<usize>) -> Result<Vec<u32>> {
+    if seqlen < 2 {
+        return Err(FaspError::Arg(format!("--seqlen must be at least 2, got {seqlen}")));
+    }
+    let mut n = stream.len() / seqlen;
+    if let Some(m) = max_windows {
+        n = n.min(m);
+    }
+    if n == 0 {
+        return Err(FaspError::Arg(format!("{} tokens make no window of {seqlen}", stream.len())));
+    }
+    Ok(stream[..n * seqlen].to_vec())
+}
+
+/// Sum of `-log softmax(logits[t])[ids[t+1]]` over one window.
+fn window_nll(logits: &Mat, ids: &[u32]) -> f64 {
+    let mut nll = 0.0f64;
+    for t in 0..ids.len() - 1 {
+        let row = logits.row(t);
+        let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+        let sum: f64 = row.iter().map(|&x| ((x - m) as f64).exp()).sum();
+        let logp = (row[ids[t + 1] as usize] - m) as f64 - sum.ln();
+        nll -= logp;
+    }
+    nll
+}
+
+/// The model's layers, kept in memory across window chunks when they are small enough.
+enum Layers<'a> {
+    Cached(Vec<LayerWeights>),
+    Lazy(&'a Model),
+}
+
+impl Layers<'_> {
+    fn get(&self, l: usize) -> Result<std::borrow::Cow<'_, LayerWeights>> {
+        match self {
+            Layers::Cached(v) => Ok(std::borrow::Cow::Borrowed(&v[l])),
+            Layers::Lazy(m) => Ok(std::borrow::Cow::Owned(m.layer(l)?)),
+        }
+    }
+}
+
+/// Logits of every window (`ids` flattened `[n, seqlen]`), through the CPU reference forward.
+pub fn logits(model: &Model, ids: &[u32], seqlen: usize) -> Result<Mat> {
+    let cfg = &model.cfg;
+    let mut h = forward::embed(cfg, &model.embedding()?, model.positions()?.as_ref(), ids, seqlen);
+    for l in 0..cfg.layers {
+        h = forward::layer(cfg, &model.layer(l)?, &h, seqlen);
+    }
+    Ok(forward::logits(cfg, &model.final_norm()?, &model.lm_head()?, &h))
+}
+
+/// Perplexity over windows, processed in chunks of windows to bound memory.
+pub fn perplexity(model: &Model, ids: &[u32], seqlen: usize, mut on_window: impl FnMut(usize)) -> Result<Perplexity> {
+    let cfg = &model.cfg;
+    if let Some(&bad) = ids.iter().find(|&&t| t as usize >= cfg.vocab) {
+        return Err(FaspError::Arg(format!("token id {bad} is outside the vocabulary ({})", cfg.vocab)));
+    }
+    let n = ids.len() / seqlen;
+    let layers = if model.param_count() <= 400_000_000 {
+        Layers::Cached((0..cfg.layers).map(|l| model.layer(l)).collect::<Result<_>>()?)
+    } else {
+        Layers::Lazy(model)
+    };
+    let emb = model.embedding()?;
+    let pos = model.positions()?;
+    let fnorm = model.final_norm()?;
+    let head = if model.head_is_tied() { None } else { Some(model.lm_head()?) };
+    // keep each chunk's activations around 64 MB
+    let chunk = (16_000_000 / (seqlen * cfg.hidden.max(cfg.ffn))).clamp(1, 64);
+    let mut nll = 0.0f64;
+    for c0 in (0..n).step_by(chunk) {
+        let c1 = (c0 + chunk).min(n);
+        let part = &ids[c0 * seqlen..c1 * seqlen];
+        let mut h = forward::embed(cfg, &emb, pos.as_ref(), part, seqlen);
+        for l in 0..cfg.layers {
+            let lw = layers.get(l)?;
+            h = forward::layer(cfg, &lw, &h, seqlen);
+        }
+        if !h.is_finite() {
+            return Err(FaspError::Numerics(format!("non-finite hidden states in windows {c0}..{c1}")));
+        }
+        for w in 0..c1 - c0 {
+            let hw = Mat::from_vec(seqlen, cfg.hidden, h.data[w * seqlen * cfg.hidden..(w + 1) * seqlen * cfg.hidden].to_vec());
+            let lg = forward::logits(cfg, &fnorm, head.as_ref().unwrap_or(&emb), &hw);
+            nll += window_nll(&lg, &part[w * seqlen..(w + 1) * seqlen]);
+            on_window(c0 + w + 1);
+        }
+    }
+    let predicted = n * (seqlen - 1);
+    Ok(Perplexity { ppl: (nll / predicted as f64).exp(), nll_sum: nll, seqlen, windows: n, predicted_tokens: predicted })
+}

@@ -1,0 +1,181 @@
+//! The prune job as the CLI runs it: open and validate everything first, then prune layer by
+//! layer into the writer, then write `fasp.json` and rename the output into place.
+
+use crate::backend::{cpu::CpuBackend, Backend};
+use crate::calib;
+use crate::error::{FaspError, Result};
+use crate::model::{DType, Model};
+use crate::output::{self, ModelWriter};
+use crate::prune::{self, PruneConfig, PruneReport};
+use serde_json::json;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Device {
+    /// CUDA when kernels are built in and a GPU is usable, else the CPU.
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+#[derive(Clone, Debug)]
+pub struct PruneJob {
+    pub model: PathBuf,
+    pub out: PathBuf,
+    pub calib: PathBuf,
+    pub nsamples: Option<usize>,
+    pub seqlen: Option<usize>,
+    pub calib_seed: u64,
+    pub prune: PruneConfig,
+    pub device: Device,
+    /// Output dtype; the input's when `None`.
+    pub dtype: Option<DType>,
+    pub compact: bool,
+    pub force: bool,
+    pub progress: bool,
+}
+
+#[derive(Debug)]
+pub struct PruneSummary {
+    pub report: PruneReport,
+    pub params_original: usize,
+    pub params_dense_equivalent: usize,
+    pub params_compact: usize,
+    pub seconds_total: f64,
+    pub fasp_json: serde_json::Value,
+}
+
+/// Picks the backend for `--device`.
+pub fn backend(device: Device) -> Result<Box<dyn Backend>> {
+    match device {
+        Device::Cpu | Device::Auto => Ok(Box::new(CpuBackend::new())),
+        Device::Cuda => Err(FaspError::Cuda(
+            "the CUDA backend is not available in this build: the pruning pipeline runs on the CPU backend (--device cpu). \
+             See `fasp-engine --version` and scripts/setup-cuda.sh for the kernels."
+                .into(),
+        )),
+    }
+}
+
+pub fn run_prune(job: &PruneJob) -> Result<PruneSummary> {
+    let t_start = Instant::now();
+    let model = Model::open(&job.model)?;
+    output::check_out(&job.out, &job.model, job.force)?;
+    let mut be = backend(job.device)?;
+    let tok = if calib::is_npy(&job.calib) { None } else { model.tokenizer()? };
+    let windows = calib::calibration(&job.calib, tok.as_ref(), job.nsamples, job.seqlen, job.calib_seed, model.cfg.vocab)?;
+    tracing::info!(windows = windows.n, seqlen = windows.seqlen, "calibration ready");
+
+    let dtype = job.dtype.unwrap_or_else(|| model.dtype());
+    let mut writer = ModelWriter::create(&job.out, &model, job.force, dtype, job.compact)?;
+    let pb = job.progress.then(|| {
+        let pb = indicatif::ProgressBar::new(model.cfg.layers as u64);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template("{msg} [{bar:30}] layer {pos}/{len} {elapsed_precise} ETA {eta}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        pb.set_message(format!("pruning ({})", job.prune.method.name()));
+        pb
+    });
+    let report = prune::prune(
+        &model,
+        &windows.ids,
+        windows.seqlen,
+        &job.prune,
+        be.as_mut(),
+        &mut |l, lw, _| writer.write_layer(&model, l, &lw),
+        pb.as_ref(),
+    )?;
+    if let Some(pb) = &pb {
+        pb.finish_and_clear();
+    }
+    let (dense_eq, compact) = writer.param_counts(&model);
+    let original = model.param_count();
+    let seconds_total = t_start.elapsed().as_secs_f64();
+    let layers: Vec<serde_json::Value> = report
+        .layers
+        .iter()
+        .map(|r| {
+            json!({
+                "layer": r.layer,
+                "attn_kept_units": r.attn.kept_units,
+                "mlp_kept_units": r.mlp.kept_units,
+                "attn": r.attn,
+                "mlp": r.mlp,
+            })
+        })
+        .collect();
+    let fasp_json = json!({
+        "engine": "fasp-engine",
+        "version": crate::VERSION,
+        "model": job.model.display().to_string(),
+        "model_type": model.cfg.family.name(),
+        "method": job.prune.method.name(),
+        "settings": {
+            "sparsity": job.prune.sparsity,
+            "damp": job.prune.damp,
+            "restore": job.prune.restore,
+            "skip_attn": job.prune.skip_attn,
+            "seed": job.prune.seed,
+            "compact": job.compact,
+            "dtype": dtype.name(),
+            "device": job.device,
+        },
+        "backend": report.backend,
+        "calibration": windows.source,
+        "params": {"original": original, "dense_equivalent": dense_eq, "compact": compact},
+        "phases_seconds": report.phases,
+        "prune_seconds": report.phases.load_weights + report.phases.forward_stats + report.phases.score_select + report.phases.restore + report.phases.embed,
+        "total_seconds": seconds_total,
+        "layers": layers,
+    });
+    writer.finish(&model, &job.out, &fasp_json)?;
+    Ok(PruneSummary {
+        report,
+        params_original: original,
+        params_dense_equivalent: dense_eq,
+        params_compact: compact,
+        seconds_total,
+        fasp_json,
+    })
+}
+
+/// Perplexity of a model on a text or `.npy` token file.
+pub fn run_eval(
+    model_path: &Path,
+    tokens: &Path,
+    seqlen: usize,
+    max_windows: Option<usize>,
+    progress: bool,
+) -> Result<crate::eval::Perplexity> {
+    let model = Model::open(model_path)?;
+    let tok = if calib::is_npy(tokens) { None } else { model.tokenizer()? };
+    let stream = match calib::load_tokens(tokens, tok.as_ref())? {
+        calib::Tokens::Stream(s) => s,
+        // 2-D ids are read row after row as one stream
+        calib::Tokens::Windows { ids, .. } => ids,
+    };
+    let ids = crate::eval::windows(&stream, seqlen, max_windows)?;
+    let n = ids.len() / seqlen;
+    let pb = progress.then(|| {
+        let pb = indicatif::ProgressBar::new(n as u64);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template("eval [{bar:30}] window {pos}/{len} {elapsed_precise} ETA {eta}")
+                .expect("valid template")
+                .progress_chars("=> "),
+        );
+        pb
+    });
+    let r = crate::eval::perplexity(&model, &ids, seqlen, |w| {
+        if let Some(pb) = &pb {
+            pb.set_position(w as u64)
+        }
+    })?;
+    if let Some(pb) = pb {
+        pb.finish_and_clear();
+    }
+    Ok(r)
+}
