@@ -33,7 +33,7 @@ pub fn windows(stream: &[u32], seqlen: usize, max_windows: Option<usize>) -> Res
 }
 
 /// Sum of `-log softmax(logits[t])[ids[t+1]]` over one window.
-fn window_nll(logits: &Mat, ids: &[u32]) -> f64 {
+pub fn window_nll(logits: &Mat, ids: &[u32]) -> f64 {
     let mut nll = 0.0f64;
     for t in 0..ids.len() - 1 {
         let row = logits.row(t);
@@ -97,16 +97,37 @@ pub fn perplexity(model: &Model, ids: &[u32], seqlen: usize, mut on_window: impl
             let lw = layers.get(l)?;
             h = forward::layer(cfg, &lw, &h, seqlen);
         }
-        if !h.is_finite() {
-            return Err(FaspError::Numerics(format!("non-finite hidden states in windows {c0}..{c1}")));
-        }
-        for w in 0..c1 - c0 {
-            let hw = Mat::from_vec(seqlen, cfg.hidden, h.data[w * seqlen * cfg.hidden..(w + 1) * seqlen * cfg.hidden].to_vec());
-            let lg = forward::logits(cfg, &fnorm, head.as_ref().unwrap_or(&emb), &hw);
-            nll += window_nll(&lg, &part[w * seqlen..(w + 1) * seqlen]);
-            on_window(c0 + w + 1);
-        }
+        nll += hidden_nll(cfg, &fnorm, head.as_ref().unwrap_or(&emb), &h, part, seqlen, |w| on_window(c0 + w))?;
     }
-    let predicted = n * (seqlen - 1);
-    Ok(Perplexity { ppl: (nll / predicted as f64).exp(), nll_sum: nll, seqlen, windows: n, predicted_tokens: predicted })
+    Ok(Perplexity::from_nll(nll, n, seqlen))
+}
+
+impl Perplexity {
+    pub fn from_nll(nll_sum: f64, windows: usize, seqlen: usize) -> Perplexity {
+        let predicted = windows * (seqlen - 1);
+        Perplexity { ppl: (nll_sum / predicted as f64).exp(), nll_sum, seqlen, windows, predicted_tokens: predicted }
+    }
+}
+
+/// NLL summed over windows, from the last hidden states `h` (`[n·seqlen, d]`) of the windows `ids`.
+pub fn hidden_nll(
+    cfg: &crate::model::ModelConfig,
+    final_norm: &crate::model::Norm,
+    head: &Mat,
+    h: &Mat,
+    ids: &[u32],
+    seqlen: usize,
+    mut on_window: impl FnMut(usize),
+) -> Result<f64> {
+    if !h.is_finite() {
+        return Err(FaspError::Numerics("non-finite hidden states in evaluation".into()));
+    }
+    let mut nll = 0.0;
+    for w in 0..ids.len() / seqlen {
+        let hw = Mat::from_vec(seqlen, cfg.hidden, h.data[w * seqlen * cfg.hidden..(w + 1) * seqlen * cfg.hidden].to_vec());
+        let lg = forward::logits(cfg, final_norm, head, &hw);
+        nll += window_nll(&lg, &ids[w * seqlen..(w + 1) * seqlen]);
+        on_window(w + 1);
+    }
+    Ok(nll)
 }

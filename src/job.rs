@@ -35,6 +35,19 @@ pub struct PruneJob {
     pub compact: bool,
     pub force: bool,
     pub progress: bool,
+    /// Evaluate perplexity of the pruned model (and optionally the dense one) during the run.
+    pub eval: Option<EvalSpec>,
+}
+
+/// `prune --eval FILE`: perplexity of the pruned model, computed layer by layer alongside the
+/// prune (the eval windows pass through each layer right after it is pruned).
+#[derive(Clone, Debug)]
+pub struct EvalSpec {
+    pub path: PathBuf,
+    pub seqlen: usize,
+    pub max_windows: Option<usize>,
+    /// Also evaluate the dense model first, for the before/after comparison.
+    pub dense: bool,
 }
 
 #[derive(Debug)]
@@ -45,6 +58,18 @@ pub struct PruneSummary {
     pub params_compact: usize,
     pub seconds_total: f64,
     pub fasp_json: serde_json::Value,
+    pub ppl_dense: Option<crate::eval::Perplexity>,
+    pub ppl_pruned: Option<crate::eval::Perplexity>,
+}
+
+/// Eval windows of a text or `.npy` file (a 2-D array is read row after row).
+pub fn eval_ids(model: &Model, path: &Path, seqlen: usize, max_windows: Option<usize>) -> Result<Vec<u32>> {
+    let tok = if calib::is_npy(path) { None } else { model.tokenizer()? };
+    let stream = match calib::load_tokens(path, tok.as_ref())? {
+        calib::Tokens::Stream(s) => s,
+        calib::Tokens::Windows { ids, .. } => ids,
+    };
+    crate::eval::windows(&stream, seqlen, max_windows)
 }
 
 /// Picks the backend for `--device`.
@@ -68,6 +93,16 @@ pub fn run_prune(job: &PruneJob) -> Result<PruneSummary> {
     let windows = calib::calibration(&job.calib, tok.as_ref(), job.nsamples, job.seqlen, job.calib_seed, model.cfg.vocab)?;
     tracing::info!(windows = windows.n, seqlen = windows.seqlen, "calibration ready");
 
+    let eval_ids = job.eval.as_ref().map(|e| eval_ids(&model, &e.path, e.seqlen, e.max_windows)).transpose()?;
+    let ppl_dense = match (&job.eval, &eval_ids) {
+        (Some(e), Some(ids)) if e.dense => Some(crate::eval::perplexity(&model, ids, e.seqlen, |_| {})?),
+        _ => None,
+    };
+    let mut eval_h = match (&job.eval, &eval_ids) {
+        (Some(e), Some(ids)) => Some(crate::forward::embed(&model.cfg, &model.embedding()?, model.positions()?.as_ref(), ids, e.seqlen)),
+        _ => None,
+    };
+
     let dtype = job.dtype.unwrap_or_else(|| model.dtype());
     let mut writer = ModelWriter::create(&job.out, &model, job.force, dtype, job.compact)?;
     let pb = job.progress.then(|| {
@@ -86,12 +121,24 @@ pub fn run_prune(job: &PruneJob) -> Result<PruneSummary> {
         windows.seqlen,
         &job.prune,
         be.as_mut(),
-        &mut |l, lw, _| writer.write_layer(&model, l, &lw),
+        &mut |l, lw, _| {
+            if let (Some(h), Some(e)) = (eval_h.as_mut(), job.eval.as_ref()) {
+                *h = crate::forward::layer(&model.cfg, &lw, h, e.seqlen);
+            }
+            writer.write_layer(&model, l, &lw)
+        },
         pb.as_ref(),
     )?;
     if let Some(pb) = &pb {
         pb.finish_and_clear();
     }
+    let ppl_pruned = match (eval_h, &eval_ids, &job.eval) {
+        (Some(h), Some(ids), Some(e)) => {
+            let nll = crate::eval::hidden_nll(&model.cfg, &model.final_norm()?, &model.lm_head()?, &h, ids, e.seqlen, |_| {})?;
+            Some(crate::eval::Perplexity::from_nll(nll, ids.len() / e.seqlen, e.seqlen))
+        }
+        _ => None,
+    };
     let (dense_eq, compact) = writer.param_counts(&model);
     let original = model.param_count();
     let seconds_total = t_start.elapsed().as_secs_f64();
@@ -130,6 +177,11 @@ pub fn run_prune(job: &PruneJob) -> Result<PruneSummary> {
         "phases_seconds": report.phases,
         "prune_seconds": report.phases.load_weights + report.phases.forward_stats + report.phases.score_select + report.phases.restore + report.phases.embed,
         "total_seconds": seconds_total,
+        "eval": job.eval.as_ref().map(|e| json!({
+            "path": e.path.display().to_string(),
+            "dense": ppl_dense,
+            "pruned": ppl_pruned,
+        })),
         "layers": layers,
     });
     writer.finish(&model, &job.out, &fasp_json)?;
@@ -140,6 +192,8 @@ pub fn run_prune(job: &PruneJob) -> Result<PruneSummary> {
         params_compact: compact,
         seconds_total,
         fasp_json,
+        ppl_dense,
+        ppl_pruned,
     })
 }
 
@@ -152,13 +206,7 @@ pub fn run_eval(
     progress: bool,
 ) -> Result<crate::eval::Perplexity> {
     let model = Model::open(model_path)?;
-    let tok = if calib::is_npy(tokens) { None } else { model.tokenizer()? };
-    let stream = match calib::load_tokens(tokens, tok.as_ref())? {
-        calib::Tokens::Stream(s) => s,
-        // 2-D ids are read row after row as one stream
-        calib::Tokens::Windows { ids, .. } => ids,
-    };
-    let ids = crate::eval::windows(&stream, seqlen, max_windows)?;
+    let ids = eval_ids(&model, tokens, seqlen, max_windows)?;
     let n = ids.len() / seqlen;
     let pb = progress.then(|| {
         let pb = indicatif::ProgressBar::new(n as u64);

@@ -85,6 +85,19 @@ struct PruneArgs {
     /// Replace an existing --out directory.
     #[arg(long)]
     force: bool,
+    /// Also report the perplexity of the pruned model on this text or .npy file (computed during
+    /// the run, layer by layer); with --eval-dense, of the dense model too.
+    #[arg(long)]
+    eval: Option<PathBuf>,
+    /// Window length of --eval.
+    #[arg(long, default_value_t = 2048)]
+    eval_seqlen: usize,
+    /// At most this many --eval windows.
+    #[arg(long)]
+    eval_windows: Option<usize>,
+    /// With --eval, evaluate the dense model first and print the comparison.
+    #[arg(long)]
+    eval_dense: bool,
     /// Print the run record (fasp.json) on stdout instead of a summary.
     #[arg(long)]
     json: bool,
@@ -156,6 +169,7 @@ fn prune(a: PruneArgs) -> Result<()> {
         compact: a.compact,
         force: a.force,
         progress: !a.quiet && !a.json,
+        eval: a.eval.map(|path| job::EvalSpec { path, seqlen: a.eval_seqlen, max_windows: a.eval_windows, dense: a.eval_dense }),
     };
     let s = job::run_prune(&job)?;
     if a.json {
@@ -181,6 +195,18 @@ fn prune(a: PruneArgs) -> Result<()> {
         "time: {:.2} s total; embed {:.2}, weights {:.2}, forward+stats {:.2}, score+select {:.2}, restore {:.2}, error {:.2}, write {:.2}",
         s.seconds_total, ph.embed, ph.load_weights, ph.forward_stats, ph.score_select, ph.restore, ph.recon_error, ph.write
     );
+    let show = |tag: &str, p: &fasp_engine::eval::Perplexity| {
+        println!("ppl {tag:<7} {:.4}  (seqlen {}, windows {}, predicted tokens {})", p.ppl, p.seqlen, p.windows, p.predicted_tokens)
+    };
+    if let Some(p) = &s.ppl_dense {
+        show("dense", p);
+    }
+    if let Some(p) = &s.ppl_pruned {
+        show("pruned", p);
+    }
+    if let (Some(d), Some(p)) = (&s.ppl_dense, &s.ppl_pruned) {
+        println!("ppl change: {:+.2}%", 100.0 * (p.ppl / d.ppl - 1.0));
+    }
     Ok(())
 }
 

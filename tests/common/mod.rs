@@ -51,6 +51,7 @@ pub fn job(model: &str, out: &Path, sparsity: f64) -> PruneJob {
         compact: false,
         force: false,
         progress: false,
+        eval: None,
     }
 }
 
