@@ -104,6 +104,7 @@ pub fn run_prune(job: &PruneJob) -> Result<PruneSummary> {
     };
 
     let dtype = job.dtype.unwrap_or_else(|| model.dtype());
+    let mut eval_seconds = 0.0;
     let mut writer = ModelWriter::create(&job.out, &model, job.force, dtype, job.compact)?;
     let pb = job.progress.then(|| {
         let pb = indicatif::ProgressBar::new(model.cfg.layers as u64);
@@ -115,7 +116,7 @@ pub fn run_prune(job: &PruneJob) -> Result<PruneSummary> {
         pb.set_message(format!("pruning ({})", job.prune.method.name()));
         pb
     });
-    let report = prune::prune(
+    let mut report = prune::prune(
         &model,
         &windows.ids,
         windows.seqlen,
@@ -123,7 +124,9 @@ pub fn run_prune(job: &PruneJob) -> Result<PruneSummary> {
         be.as_mut(),
         &mut |l, lw, _| {
             if let (Some(h), Some(e)) = (eval_h.as_mut(), job.eval.as_ref()) {
+                let t0 = Instant::now();
                 *h = crate::forward::layer(&model.cfg, &lw, h, e.seqlen);
+                eval_seconds += t0.elapsed().as_secs_f64();
             }
             writer.write_layer(&model, l, &lw)
         },
@@ -132,6 +135,8 @@ pub fn run_prune(job: &PruneJob) -> Result<PruneSummary> {
     if let Some(pb) = &pb {
         pb.finish_and_clear();
     }
+    // the sink's time includes the eval windows' forward; report it apart from writing
+    report.phases.write -= eval_seconds;
     let ppl_pruned = match (eval_h, &eval_ids, &job.eval) {
         (Some(h), Some(ids), Some(e)) => {
             let nll = crate::eval::hidden_nll(&model.cfg, &model.final_norm()?, &model.lm_head()?, &h, ids, e.seqlen, |_| {})?;
@@ -179,6 +184,7 @@ pub fn run_prune(job: &PruneJob) -> Result<PruneSummary> {
         "total_seconds": seconds_total,
         "eval": job.eval.as_ref().map(|e| json!({
             "path": e.path.display().to_string(),
+            "seconds_in_pipeline": eval_seconds,
             "dense": ppl_dense,
             "pruned": ppl_pruned,
         })),

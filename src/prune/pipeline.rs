@@ -226,10 +226,14 @@ pub fn prune(
     }
     // Every pair keeps at least one unit: check before any work starts.
     let attn_n = attn_units(model, opts.method.whole_heads()).cols.len();
+    let in_pair = |pair: &str, e: FaspError| match e {
+        FaspError::Arg(m) => FaspError::Arg(format!("{pair} pair: {m}")),
+        other => other,
+    };
     if !opts.skip_attn {
-        kept_count(attn_n, opts.sparsity).map_err(|e| FaspError::Arg(format!("attention pair: {e}")))?;
+        kept_count(attn_n, opts.sparsity).map_err(|e| in_pair("attention", e))?;
     }
-    kept_count(cfg.ffn, opts.sparsity).map_err(|e| FaspError::Arg(format!("MLP pair: {e}")))?;
+    kept_count(cfg.ffn, opts.sparsity).map_err(|e| in_pair("MLP", e))?;
     if ids.is_empty() || seqlen == 0 || ids.len() % seqlen != 0 {
         return Err(FaspError::Calib(format!("{} tokens do not form windows of {seqlen}", ids.len())));
     }
