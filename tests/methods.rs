@@ -1,0 +1,73 @@
+//! The baselines run through the same pipeline: their defining properties on the fixtures.
+
+mod common;
+use common::*;
+use fasp_engine::job::run_prune;
+use fasp_engine::model::Model;
+use fasp_engine::prune::Method;
+
+fn kept(rec: &serde_json::Value, l: usize, key: &str) -> Vec<u64> {
+    rec["layers"][l][key].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect()
+}
+
+fn run(name: &str, method: Method, dir: &std::path::Path, tag: &str, seed: u64) -> (serde_json::Value, Model) {
+    let out = dir.join(tag);
+    let mut j = job(name, &out, 0.5);
+    j.prune.method = method;
+    j.prune.seed = seed;
+    run_prune(&j).unwrap();
+    (read_json(&out.join("fasp.json")), Model::open(&out).unwrap())
+}
+
+#[test]
+fn head_methods_remove_whole_kv_groups() {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, hd, kv) in [("llama-gqa", 32u64, 2u64), ("opt-tiny", 16, 4)] {
+        for m in [Method::WandaSp, Method::Flap] {
+            let (rec, _) = run(name, m, dir.path(), &format!("{name}-{}", m.name()), 0);
+            for l in 0..rec["layers"].as_array().unwrap().len() {
+                let units = kept(&rec, l, "attn_kept_units");
+                // sparsity 0.5 of `kv` groups: floor(kv/2 + 0.5) pruned
+                let groups_kept = kv - (kv as f64 * 0.5 + 0.5).floor() as u64;
+                assert_eq!(units.len() as u64, groups_kept * hd, "{name} {} layer {l}", m.name());
+                for chunk in units.chunks(hd as usize) {
+                    assert_eq!(chunk[0] % hd, 0);
+                    assert!(chunk.windows(2).all(|w| w[1] == w[0] + 1), "whole heads only");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn flap_compensates_the_bias_and_writes_a_loadable_model() {
+    let dir = tempfile::tempdir().unwrap();
+    // llama-mha has no biases: FLAP must add o_proj/down_proj biases and say so in config.json
+    let (rec, m) = run("llama-mha", Method::Flap, dir.path(), "flap", 0);
+    assert!(m.cfg.attn_bias && m.cfg.mlp_bias, "bias flags set in the written config");
+    let lw = m.layer(0).unwrap();
+    assert!(lw.down.b.as_ref().unwrap().iter().any(|&b| b != 0.0), "down_proj bias holds the compensation");
+    assert!(lw.q.b.as_ref().unwrap().iter().all(|&b| b == 0.0), "q bias written as zeros");
+    assert_eq!(rec["method"], "flap");
+    let (shape, ids) = reference_ids("llama-mha", "input_ids");
+    let logits = fasp_engine::eval::logits(&m, &ids, shape[1]).unwrap();
+    assert!(logits.is_finite());
+}
+
+#[test]
+fn magnitude_ignores_calibration_and_random_is_seeded() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, _) = run("opt-tiny", Method::Magnitude, dir.path(), "mag", 0);
+    // magnitude on layer 0: the units with the largest column L1 norms of the dense weights
+    let dense = Model::open(&fixture("opt-tiny")).unwrap().layer(0).unwrap();
+    let l1: Vec<f64> = (0..dense.down.w.cols).map(|j| (0..dense.down.w.rows).map(|i| dense.down.w.data[i * dense.down.w.cols + j].abs() as f64).sum()).collect();
+    let want = fasp_engine::prune::select::top_k(&l1, kept(&a, 0, "mlp_kept_units").len()).unwrap();
+    assert_eq!(kept(&a, 0, "mlp_kept_units"), want.iter().map(|&x| x as u64).collect::<Vec<_>>());
+
+    let (r1, _) = run("opt-tiny", Method::Random, dir.path(), "r1", 7);
+    let (r2, _) = run("opt-tiny", Method::Random, dir.path(), "r2", 7);
+    let (r3, _) = run("opt-tiny", Method::Random, dir.path(), "r3", 8);
+    assert_eq!(r1["layers"], r2["layers"], "same seed, same units");
+    assert_ne!(kept(&r1, 0, "mlp_kept_units"), kept(&r3, 0, "mlp_kept_units"), "another seed, other units");
+    assert!(r1["layers"][0]["mlp"]["lambda"].is_null(), "baselines do not restore");
+}
