@@ -1,11 +1,53 @@
 //! A `.gguf` file as a model source (LLaMA architecture): GGUF tensors dequantized to f32 under
-//! their HF names, the HF config derived from the metadata, and the tokenizer built from the
-//! vocabulary.
+//! their HF names (Q/K un-permuted by `gguf`), the HF config derived from the metadata, and the
+//! tokenizer built from the GGUF vocabulary and merges.
 
 use crate::error::{FaspError, Result};
-use crate::model::Model;
-use std::path::Path;
+use crate::gguf::GgufFile;
+use crate::model::{DType, Model, ModelConfig, TensorSource};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+pub struct GgufSource {
+    path: PathBuf,
+    file: GgufFile,
+    shapes: HashMap<String, Vec<usize>>,
+}
+
+fn gguf_err(path: &Path, e: impl std::fmt::Display) -> FaspError {
+    FaspError::Gguf(format!("{}: {e}", path.display()))
+}
+
+impl TensorSource for GgufSource {
+    fn tensors(&self) -> Vec<(String, Vec<usize>)> {
+        let mut v: Vec<_> = self.shapes.iter().map(|(n, s)| (n.clone(), s.clone())).collect();
+        v.sort();
+        v
+    }
+    fn shape(&self, name: &str) -> Option<Vec<usize>> {
+        self.shapes.get(name).cloned()
+    }
+    fn dtype(&self, name: &str) -> Option<DType> {
+        self.shapes.contains_key(name).then_some(DType::F32)
+    }
+    fn load_f32(&self, name: &str) -> Result<Vec<f32>> {
+        self.file.hf_tensor_f32(name).map(|(_, d)| d).map_err(|e| gguf_err(&self.path, e))
+    }
+    fn describe(&self) -> String {
+        self.path.display().to_string()
+    }
+    fn tokenizer_json(&self) -> Option<Result<String>> {
+        Some(self.file.tokenizer_json().map_err(|e| gguf_err(&self.path, e)))
+    }
+}
 
 pub fn open(path: &Path) -> Result<Model> {
-    Err(FaspError::Gguf(format!("{}: GGUF input is not available in this build yet", path.display())))
+    let file = GgufFile::open(path).map_err(|e| gguf_err(path, e))?;
+    let raw = file.hf_config().map_err(|e| gguf_err(path, e))?;
+    let cfg = ModelConfig::from_json(raw).map_err(|e| match e {
+        FaspError::Arg(m) => gguf_err(path, m),
+        other => other,
+    })?;
+    let shapes = file.hf_tensor_names().into_iter().collect();
+    Model::from_parts(path.to_path_buf(), cfg, Box::new(GgufSource { path: path.to_path_buf(), file, shapes }))
 }

@@ -62,6 +62,88 @@ pub struct PruneSummary {
     pub ppl_pruned: Option<crate::eval::Perplexity>,
 }
 
+/// An evaluation set: windows of token ids.
+#[derive(Clone, Debug)]
+pub struct EvalSet {
+    pub name: String,
+    pub path: PathBuf,
+    pub ids: Vec<u32>,
+    pub seqlen: usize,
+}
+
+impl EvalSet {
+    pub fn load(model: &Model, name: &str, path: &Path, seqlen: usize, max_windows: Option<usize>) -> Result<EvalSet> {
+        Ok(EvalSet { name: name.into(), path: path.into(), ids: eval_ids(model, path, seqlen, max_windows)?, seqlen })
+    }
+}
+
+/// What `prune_and_eval` gives back.
+pub struct PrunedRun {
+    pub report: PruneReport,
+    /// Perplexity of the pruned model on each eval set.
+    pub ppl: Vec<crate::eval::Perplexity>,
+    pub eval_seconds: f64,
+}
+
+pub fn progress_bar(len: usize, msg: &str) -> indicatif::ProgressBar {
+    let pb = indicatif::ProgressBar::new(len as u64);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] layer {pos}/{len} {elapsed_precise} ETA {eta}")
+            .expect("valid template")
+            .progress_chars("=> "),
+    );
+    pb.set_message(msg.to_string());
+    pb
+}
+
+/// Prunes `model` and, alongside, passes each eval set through every layer right after it is
+/// pruned, so the pruned model's perplexity comes without a second pass over the weights.
+/// `write` receives each pruned layer (compact form).
+pub fn prune_and_eval(
+    model: &Model,
+    windows: &calib::Windows,
+    opts: &PruneConfig,
+    backend: &mut dyn Backend,
+    evals: &[EvalSet],
+    progress: Option<&indicatif::ProgressBar>,
+    write: &mut dyn FnMut(usize, &crate::model::LayerWeights) -> Result<()>,
+) -> Result<PrunedRun> {
+    let cfg = &model.cfg;
+    let (emb, pos) = (model.embedding()?, model.positions()?);
+    let mut hidden: Vec<crate::tensor::Mat> =
+        evals.iter().map(|e| crate::forward::embed(cfg, &emb, pos.as_ref(), &e.ids, e.seqlen)).collect();
+    drop(emb);
+    let mut eval_seconds = 0.0;
+    let mut report = prune::prune(
+        model,
+        &windows.ids,
+        windows.seqlen,
+        opts,
+        backend,
+        &mut |l, lw, _| {
+            let t0 = Instant::now();
+            for (h, e) in hidden.iter_mut().zip(evals) {
+                *h = crate::forward::layer(cfg, &lw, h, e.seqlen);
+            }
+            eval_seconds += t0.elapsed().as_secs_f64();
+            write(l, &lw)
+        },
+        progress,
+    )?;
+    // the sink's time includes the eval windows' forward; report it apart from writing
+    report.phases.write -= eval_seconds;
+    let (fnorm, head) = (model.final_norm()?, model.lm_head()?);
+    let ppl = hidden
+        .iter()
+        .zip(evals)
+        .map(|(h, e)| {
+            let nll = crate::eval::hidden_nll(cfg, &fnorm, &head, h, &e.ids, e.seqlen, |_| {})?;
+            Ok(crate::eval::Perplexity::from_nll(nll, e.ids.len() / e.seqlen, e.seqlen))
+        })
+        .collect::<Result<_>>()?;
+    Ok(PrunedRun { report, ppl, eval_seconds })
+}
+
 /// Eval windows of a text or `.npy` file (a 2-D array is read row after row).
 pub fn eval_ids(model: &Model, path: &Path, seqlen: usize, max_windows: Option<usize>) -> Result<Vec<u32>> {
     let tok = if calib::is_npy(path) { None } else { model.tokenizer()? };
@@ -93,57 +175,26 @@ pub fn run_prune(job: &PruneJob) -> Result<PruneSummary> {
     let windows = calib::calibration(&job.calib, tok.as_ref(), job.nsamples, job.seqlen, job.calib_seed, model.cfg.vocab)?;
     tracing::info!(windows = windows.n, seqlen = windows.seqlen, "calibration ready");
 
-    let eval_ids = job.eval.as_ref().map(|e| eval_ids(&model, &e.path, e.seqlen, e.max_windows)).transpose()?;
-    let ppl_dense = match (&job.eval, &eval_ids) {
-        (Some(e), Some(ids)) if e.dense => Some(crate::eval::perplexity(&model, ids, e.seqlen, |_| {})?),
-        _ => None,
+    let evals: Vec<EvalSet> = match &job.eval {
+        Some(e) => vec![EvalSet::load(&model, "eval", &e.path, e.seqlen, e.max_windows)?],
+        None => Vec::new(),
     };
-    let mut eval_h = match (&job.eval, &eval_ids) {
-        (Some(e), Some(ids)) => Some(crate::forward::embed(&model.cfg, &model.embedding()?, model.positions()?.as_ref(), ids, e.seqlen)),
+    let ppl_dense = match (&job.eval, evals.first()) {
+        (Some(e), Some(set)) if e.dense => Some(crate::eval::perplexity(&model, &set.ids, set.seqlen, |_| {})?),
         _ => None,
     };
 
     let dtype = job.dtype.unwrap_or_else(|| model.dtype());
-    let mut eval_seconds = 0.0;
     let mut writer = ModelWriter::create(&job.out, &model, job.force, dtype, job.compact)?;
-    let pb = job.progress.then(|| {
-        let pb = indicatif::ProgressBar::new(model.cfg.layers as u64);
-        pb.set_style(
-            indicatif::ProgressStyle::with_template("{msg} [{bar:30}] layer {pos}/{len} {elapsed_precise} ETA {eta}")
-                .expect("valid template")
-                .progress_chars("=> "),
-        );
-        pb.set_message(format!("pruning ({})", job.prune.method.name()));
-        pb
-    });
-    let mut report = prune::prune(
-        &model,
-        &windows.ids,
-        windows.seqlen,
-        &job.prune,
-        be.as_mut(),
-        &mut |l, lw, _| {
-            if let (Some(h), Some(e)) = (eval_h.as_mut(), job.eval.as_ref()) {
-                let t0 = Instant::now();
-                *h = crate::forward::layer(&model.cfg, &lw, h, e.seqlen);
-                eval_seconds += t0.elapsed().as_secs_f64();
-            }
-            writer.write_layer(&model, l, &lw)
-        },
-        pb.as_ref(),
-    )?;
+    let pb = job.progress.then(|| progress_bar(model.cfg.layers, &format!("pruning ({})", job.prune.method.name())));
+    let run = prune_and_eval(&model, &windows, &job.prune, be.as_mut(), &evals, pb.as_ref(), &mut |l, lw| {
+        writer.write_layer(&model, l, lw)
+    })?;
     if let Some(pb) = &pb {
         pb.finish_and_clear();
     }
-    // the sink's time includes the eval windows' forward; report it apart from writing
-    report.phases.write -= eval_seconds;
-    let ppl_pruned = match (eval_h, &eval_ids, &job.eval) {
-        (Some(h), Some(ids), Some(e)) => {
-            let nll = crate::eval::hidden_nll(&model.cfg, &model.final_norm()?, &model.lm_head()?, &h, ids, e.seqlen, |_| {})?;
-            Some(crate::eval::Perplexity::from_nll(nll, ids.len() / e.seqlen, e.seqlen))
-        }
-        _ => None,
-    };
+    let (report, eval_seconds) = (run.report, run.eval_seconds);
+    let ppl_pruned = run.ppl.into_iter().next();
     let (dense_eq, compact) = writer.param_counts(&model);
     let original = model.param_count();
     let seconds_total = t_start.elapsed().as_secs_f64();
@@ -190,7 +241,7 @@ pub fn run_prune(job: &PruneJob) -> Result<PruneSummary> {
         })),
         "layers": layers,
     });
-    writer.finish(&model, &job.out, &fasp_json)?;
+    writer.finish(&model, &job.out, Some(&fasp_json))?;
     Ok(PruneSummary {
         report,
         params_original: original,
@@ -232,4 +283,16 @@ pub fn run_eval(
         pb.finish_and_clear();
     }
     Ok(r)
+}
+
+/// `convert`: writes a model (e.g. a `.gguf`) as a dense HF directory, unchanged but for the dtype.
+pub fn run_convert(input: &Path, out: &Path, dtype: Option<DType>, force: bool) -> Result<usize> {
+    let model = Model::open(input)?;
+    let mut writer = ModelWriter::create(out, &model, force, dtype.unwrap_or(DType::F32), false)?;
+    for l in 0..model.cfg.layers {
+        writer.write_layer(&model, l, &model.layer(l)?)?;
+    }
+    let params = writer.param_counts(&model).0;
+    writer.finish(&model, out, None)?;
+    Ok(params)
 }

@@ -13,11 +13,13 @@ pub mod calib;
 pub mod error;
 pub mod eval;
 pub mod forward;
+pub mod gguf;
 pub mod gguf_model;
 pub mod job;
 pub mod model;
 pub mod output;
 pub mod prune;
+pub mod sweep;
 pub mod tensor;
 
 pub use error::{FaspError, Result};

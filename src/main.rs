@@ -33,6 +33,112 @@ enum Cmd {
     Eval(EvalArgs),
     /// Print a model's architecture, shapes, dtype and parameter counts.
     Inspect(InspectArgs),
+    /// Methods x sparsities on the same data: a perplexity table, a CSV and an SVG plot.
+    Sweep(SweepArgs),
+    /// Write a .gguf (LLaMA) model as a dense HF directory (config.json, model.safetensors, tokenizer.json).
+    Convert(ConvertArgs),
+}
+
+#[derive(Args)]
+struct SweepArgs {
+    /// Model: an HF directory or a .gguf file.
+    #[arg(long)]
+    model: PathBuf,
+    /// Calibration text or .npy token ids (as for prune).
+    #[arg(long)]
+    calib: PathBuf,
+    /// Evaluation set, as NAME=FILE or FILE (repeatable; text or .npy).
+    #[arg(long = "eval", required = true)]
+    evals: Vec<String>,
+    /// Comma-separated: fasp, fasp-no-restore, wanda-sp, flap, magnitude, random.
+    #[arg(long, default_value = "fasp,fasp-no-restore,wanda-sp,flap,magnitude,random")]
+    methods: String,
+    /// Comma-separated sparsities in [0, 1).
+    #[arg(long, default_value = "0.1,0.2,0.3")]
+    sparsities: String,
+    /// Calibration windows [default: 128].
+    #[arg(long)]
+    nsamples: Option<usize>,
+    /// Calibration window length [default: 2048].
+    #[arg(long)]
+    seqlen: Option<usize>,
+    /// Seed of the calibration sampler and of the random method.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// FASP relative damping.
+    #[arg(long, default_value_t = 0.01)]
+    damp: f64,
+    /// Evaluation window length.
+    #[arg(long, default_value_t = 2048)]
+    eval_seqlen: usize,
+    /// At most this many evaluation windows per set.
+    #[arg(long)]
+    eval_windows: Option<usize>,
+    /// Where to write sweep.csv and one sweep-NAME.svg per evaluation set.
+    #[arg(long, default_value = "sweep-out")]
+    out_dir: PathBuf,
+    #[arg(long, value_enum, default_value_t = Device::Auto)]
+    device: Device,
+}
+
+fn sweep(a: SweepArgs) -> Result<()> {
+    use fasp_engine::sweep::{self, SweepMethod, SweepSpec};
+    let methods = a.methods.split(',').map(|m| SweepMethod::parse(m.trim())).collect::<Result<Vec<_>, _>>()?;
+    let sparsities = a
+        .sparsities
+        .split(',')
+        .map(|s| s.trim().parse::<f64>().with_context(|| format!("bad sparsity {s:?}")))
+        .collect::<Result<Vec<_>>>()?;
+    let evals = a
+        .evals
+        .iter()
+        .map(|e| match e.split_once('=') {
+            Some((n, p)) => (n.to_string(), PathBuf::from(p)),
+            None => (PathBuf::from(e).file_stem().map_or("eval".into(), |s| s.to_string_lossy().into_owned()), PathBuf::from(e)),
+        })
+        .collect::<Vec<_>>();
+    let spec = SweepSpec {
+        model: a.model,
+        calib: a.calib,
+        nsamples: a.nsamples,
+        seqlen: a.seqlen,
+        seed: a.seed,
+        damp: a.damp,
+        methods,
+        sparsities,
+        evals: evals.clone(),
+        eval_seqlen: a.eval_seqlen,
+        eval_windows: a.eval_windows,
+        device: a.device,
+    };
+    std::fs::create_dir_all(&a.out_dir).with_context(|| format!("creating {}", a.out_dir.display()))?;
+    let rows = sweep::run(&spec, |r| {
+        eprintln!("{:<16} s={:<5} {:<10} ppl {:.4}", r.method, r.sparsity, r.eval, r.ppl);
+    })?;
+    sweep::write_csv(&rows, &a.out_dir.join("sweep.csv"))?;
+    for (name, _) in &evals {
+        println!("{name} (seqlen {}, windows {}):", spec.eval_seqlen, rows.iter().find(|r| &r.eval == name).map_or(0, |r| r.windows));
+        println!("{}", sweep::table(&rows, name));
+        sweep::plot_svg(&rows, name, &a.out_dir.join(format!("sweep-{name}.svg")))?;
+    }
+    println!("wrote {}", a.out_dir.display());
+    Ok(())
+}
+
+#[derive(Args)]
+struct ConvertArgs {
+    /// Input .gguf file (F32/F16/BF16/Q8_0/Q4_1 tensors are dequantized).
+    #[arg(long)]
+    gguf: PathBuf,
+    /// Output directory (written to a temporary directory beside it, then renamed).
+    #[arg(long)]
+    out: PathBuf,
+    /// Output tensor dtype (f32, f16, bf16) [default: f32].
+    #[arg(long, value_parser = parse_dtype)]
+    dtype: Option<DType>,
+    /// Replace an existing --out directory.
+    #[arg(long)]
+    force: bool,
 }
 
 #[derive(Args)]
@@ -289,6 +395,10 @@ fn main() -> ExitCode {
         Cmd::Prune(a) => prune(a),
         Cmd::Eval(a) => eval(a),
         Cmd::Inspect(a) => inspect(a),
+        Cmd::Sweep(a) => sweep(a),
+        Cmd::Convert(a) => job::run_convert(&a.gguf, &a.out, a.dtype, a.force).map(|n| {
+            println!("wrote {} ({n} parameters)", a.out.display());
+        }).map_err(Into::into),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,

@@ -293,7 +293,7 @@ impl ModelWriter {
 
     /// Writes the non-layer tensors, config.json, the tokenizer files and `fasp.json`, then
     /// renames the directory into place.
-    pub fn finish(mut self, model: &Model, out: &Path, fasp_json: &serde_json::Value) -> Result<()> {
+    pub fn finish(mut self, model: &Model, out: &Path, fasp_json: Option<&serde_json::Value>) -> Result<()> {
         let cfg = &model.cfg;
         if self.kept_v.len() != cfg.layers {
             return Err(out_err(out, format!("only {} of {} layers were written", self.kept_v.len(), cfg.layers)));
@@ -344,7 +344,9 @@ impl ModelWriter {
         } else if let Some(json) = model.tokenizer_json()? {
             std::fs::write(dir.join("tokenizer.json"), json).map_err(|e| FaspError::io(dir.join("tokenizer.json"), e))?;
         }
-        write_json(&dir.join("fasp.json"), fasp_json)?;
+        if let Some(rec) = fasp_json {
+            write_json(&dir.join("fasp.json"), rec)?;
+        }
         commit_out(self.tmp, out)
     }
 }

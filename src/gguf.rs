@@ -1,0 +1,1368 @@
+//! GGUF (v2/v3) reader over a memory map, dequantization to f32, and the LLaMA mapping to
+//! Hugging Face names, config and tokenizer.
+//!
+//! Every count, length and offset read from the file is checked against the file size before
+//! anything is allocated or sliced, so a malformed or truncated file gives a [`GgufError`]
+//! naming the file and the problem, never a panic or a huge allocation.
+//!
+//! GGUF lists tensor dims ne0 first (`[in, out]` for a matrix); the row-major data is
+//! `[out][in]`, which is the HF shape `[out, in]`. llama.cpp's converter permutes the rows of
+//! `attn_q` / `attn_k` for its interleaved rotary; [`GgufFile::hf_tensor_f32`] undoes that so
+//! the weights match HF's `rotate_half` rotary.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use half::{bf16, f16};
+use memmap2::Mmap;
+use rayon::prelude::*;
+
+const GGUF_MAGIC: &[u8; 4] = b"GGUF";
+const DEFAULT_ALIGNMENT: u64 = 32;
+/// ggml's GGML_MAX_DIMS.
+const MAX_DIMS: u32 = 4;
+/// Smallest possible encoding of one tensor info: name length u64, n_dims u32, type u32,
+/// offset u64 (empty name, zero dims).
+const MIN_TENSOR_INFO_BYTES: u64 = 8 + 4 + 4 + 8;
+/// Smallest possible key/value pair: key length u64, value type u32, one-byte value.
+const MIN_KV_BYTES: u64 = 8 + 4 + 1;
+
+/// Errors from reading a GGUF file. Every message names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum GgufError {
+    #[error("{}: cannot read GGUF file: {source}", .path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{}: not a GGUF file: magic bytes are {found:02x?}, expected \"GGUF\"", .path.display())]
+    BadMagic { path: PathBuf, found: Vec<u8> },
+    #[error("{}: unsupported GGUF version {version} (supported: 2 and 3)", .path.display())]
+    UnsupportedVersion { path: PathBuf, version: u32 },
+    #[error(
+        "{}: truncated or malformed GGUF: {what} at byte {offset} needs {needed} bytes, \
+         but the file is {file_len} bytes",
+        .path.display()
+    )]
+    Truncated { path: PathBuf, what: String, offset: u64, needed: u64, file_len: u64 },
+    #[error("{}: malformed GGUF: {msg}", .path.display())]
+    Malformed { path: PathBuf, msg: String },
+    #[error("{}: tensor '{tensor}' has unknown ggml type id {type_id}", .path.display())]
+    UnknownTensorType { path: PathBuf, tensor: String, type_id: u32 },
+    #[error(
+        "{}: tensor '{tensor}' has ggml type {type_name} (id {type_id}), which is not supported \
+         for dequantization (supported: F32, F16, BF16, Q8_0, Q4_1)",
+        .path.display()
+    )]
+    UnsupportedTensorType { path: PathBuf, tensor: String, type_name: &'static str, type_id: u32 },
+    #[error("{}: no tensor named '{name}'", .path.display())]
+    TensorNotFound { path: PathBuf, name: String },
+    #[error("{}: metadata '{key}': {msg}", .path.display())]
+    Metadata { path: PathBuf, key: String, msg: String },
+    #[error("{}: architecture '{arch}' is not supported (only 'llama')", .path.display())]
+    UnsupportedArchitecture { path: PathBuf, arch: String },
+    #[error("{}: cannot build tokenizer: {msg}", .path.display())]
+    Tokenizer { path: PathBuf, msg: String },
+}
+
+/// A metadata value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum GgufValue {
+    U8(u8),
+    I8(i8),
+    U16(u16),
+    I16(i16),
+    U32(u32),
+    I32(i32),
+    F32(f32),
+    Bool(bool),
+    String(String),
+    Array(Vec<GgufValue>),
+    U64(u64),
+    I64(i64),
+    F64(f64),
+}
+
+impl GgufValue {
+    /// Any non-negative integer value as u64.
+    pub fn as_u64(&self) -> Option<u64> {
+        match *self {
+            GgufValue::U8(v) => Some(v as u64),
+            GgufValue::U16(v) => Some(v as u64),
+            GgufValue::U32(v) => Some(v as u64),
+            GgufValue::U64(v) => Some(v),
+            GgufValue::I8(v) => u64::try_from(v).ok(),
+            GgufValue::I16(v) => u64::try_from(v).ok(),
+            GgufValue::I32(v) => u64::try_from(v).ok(),
+            GgufValue::I64(v) => u64::try_from(v).ok(),
+            _ => None,
+        }
+    }
+
+    /// Any numeric value as f64. An f32 is widened through its shortest decimal form, so a
+    /// stored `1e-5f32` reads as `1e-5`, not `9.999999747378752e-6`.
+    pub fn as_f64(&self) -> Option<f64> {
+        match *self {
+            GgufValue::F32(v) => Some(format!("{v}").parse::<f64>().unwrap_or(v as f64)),
+            GgufValue::F64(v) => Some(v),
+            GgufValue::I8(v) => Some(v as f64),
+            GgufValue::I16(v) => Some(v as f64),
+            GgufValue::I32(v) => Some(v as f64),
+            GgufValue::I64(v) => Some(v as f64),
+            _ => self.as_u64().map(|v| v as f64),
+        }
+    }
+
+    pub fn as_bool(&self) -> Option<bool> {
+        match *self {
+            GgufValue::Bool(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            GgufValue::String(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    pub fn as_array(&self) -> Option<&[GgufValue]> {
+        match self {
+            GgufValue::Array(a) => Some(a),
+            _ => None,
+        }
+    }
+}
+
+/// ggml tensor types with their block geometry (elements per block, bytes per block).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GgmlType {
+    pub id: u32,
+    pub name: &'static str,
+    pub block_elems: u64,
+    pub block_bytes: u64,
+}
+
+const fn ty(id: u32, name: &'static str, block_elems: u64, block_bytes: u64) -> GgmlType {
+    GgmlType { id, name, block_elems, block_bytes }
+}
+
+/// All ggml types whose storage size is known (so their extents can be checked), whether or
+/// not they can be dequantized here.
+const GGML_TYPES: &[GgmlType] = &[
+    ty(0, "F32", 1, 4),
+    ty(1, "F16", 1, 2),
+    ty(2, "Q4_0", 32, 18),
+    ty(3, "Q4_1", 32, 20),
+    ty(6, "Q5_0", 32, 22),
+    ty(7, "Q5_1", 32, 24),
+    ty(8, "Q8_0", 32, 34),
+    ty(9, "Q8_1", 32, 36),
+    ty(10, "Q2_K", 256, 84),
+    ty(11, "Q3_K", 256, 110),
+    ty(12, "Q4_K", 256, 144),
+    ty(13, "Q5_K", 256, 176),
+    ty(14, "Q6_K", 256, 210),
+    ty(15, "Q8_K", 256, 292),
+    ty(16, "IQ2_XXS", 256, 66),
+    ty(17, "IQ2_XS", 256, 74),
+    ty(18, "IQ3_XXS", 256, 98),
+    ty(19, "IQ1_S", 256, 50),
+    ty(20, "IQ4_NL", 32, 18),
+    ty(21, "IQ3_S", 256, 110),
+    ty(22, "IQ2_S", 256, 82),
+    ty(23, "IQ4_XS", 256, 136),
+    ty(24, "I8", 1, 1),
+    ty(25, "I16", 1, 2),
+    ty(26, "I32", 1, 4),
+    ty(27, "I64", 1, 8),
+    ty(28, "F64", 1, 8),
+    ty(29, "IQ1_M", 256, 56),
+    ty(30, "BF16", 1, 2),
+    ty(34, "TQ1_0", 256, 54),
+    ty(35, "TQ2_0", 256, 66),
+];
+
+fn ggml_type(id: u32) -> Option<GgmlType> {
+    GGML_TYPES.iter().copied().find(|t| t.id == id)
+}
+
+/// One tensor's header entry, validated: its data lies inside the file.
+#[derive(Debug, Clone)]
+pub struct TensorInfo {
+    pub name: String,
+    /// GGUF order, ne0 first.
+    pub dims: Vec<u64>,
+    pub ty: GgmlType,
+    /// Offset relative to the start of the tensor data section.
+    pub offset: u64,
+    pub n_elements: u64,
+    pub n_bytes: u64,
+}
+
+impl TensorInfo {
+    /// Row-major shape (GGUF dims reversed): `[out, in]` for a matrix.
+    pub fn shape(&self) -> Vec<usize> {
+        self.dims.iter().rev().map(|&d| d as usize).collect()
+    }
+}
+
+/// A GGUF file: the memory map and its parsed, validated header.
+pub struct GgufFile {
+    path: PathBuf,
+    mmap: Mmap,
+    version: u32,
+    metadata: Vec<(String, GgufValue)>,
+    metadata_index: HashMap<String, usize>,
+    tensors: Vec<TensorInfo>,
+    tensor_index: HashMap<String, usize>,
+    alignment: u64,
+    data_offset: u64,
+}
+
+/// Bounds-checked little-endian reader over the file bytes.
+struct Reader<'a> {
+    data: &'a [u8],
+    pos: usize,
+    path: &'a Path,
+}
+
+impl<'a> Reader<'a> {
+    fn remaining(&self) -> u64 {
+        (self.data.len() - self.pos) as u64
+    }
+
+    fn truncated(&self, what: impl Into<String>, needed: u64) -> GgufError {
+        GgufError::Truncated {
+            path: self.path.to_path_buf(),
+            what: what.into(),
+            offset: self.pos as u64,
+            needed,
+            file_len: self.data.len() as u64,
+        }
+    }
+
+    fn malformed(&self, msg: impl Into<String>) -> GgufError {
+        GgufError::Malformed { path: self.path.to_path_buf(), msg: msg.into() }
+    }
+
+    fn take(&mut self, n: u64, what: &dyn Fn() -> String) -> Result<&'a [u8], GgufError> {
+        if n > self.remaining() {
+            return Err(self.truncated(what(), n));
+        }
+        let n = n as usize;
+        let s = &self.data[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(s)
+    }
+
+    fn array<const N: usize>(&mut self, what: &dyn Fn() -> String) -> Result<[u8; N], GgufError> {
+        let s = self.take(N as u64, what)?;
+        let mut a = [0u8; N];
+        a.copy_from_slice(s);
+        Ok(a)
+    }
+
+    fn u32(&mut self, what: &dyn Fn() -> String) -> Result<u32, GgufError> {
+        Ok(u32::from_le_bytes(self.array(what)?))
+    }
+
+    fn u64(&mut self, what: &dyn Fn() -> String) -> Result<u64, GgufError> {
+        Ok(u64::from_le_bytes(self.array(what)?))
+    }
+
+    /// A GGUF string: u64 length then UTF-8 bytes. The length is checked against the bytes
+    /// left before anything is copied.
+    fn string(&mut self, what: &dyn Fn() -> String) -> Result<String, GgufError> {
+        let len = self.u64(&|| format!("length of {}", what()))?;
+        if len > self.remaining() {
+            return Err(self.truncated(format!("{} (string of {len} bytes)", what()), len));
+        }
+        let start = self.pos;
+        let bytes = self.take(len, what)?;
+        String::from_utf8(bytes.to_vec())
+            .map_err(|_| self.malformed(format!("{} at byte {start} is not valid UTF-8", what())))
+    }
+
+    /// Checks that `count` items of at least `min_bytes` each can fit in what is left.
+    fn check_count(&self, count: u64, min_bytes: u64, what: &str) -> Result<(), GgufError> {
+        let need = count.checked_mul(min_bytes);
+        match need {
+            Some(n) if n <= self.remaining() => Ok(()),
+            _ => Err(self.malformed(format!(
+                "{what} is {count}, which needs at least {} bytes, but only {} bytes remain after byte {}",
+                need.map_or_else(|| "more than 2^64".to_string(), |n| n.to_string()),
+                self.remaining(),
+                self.pos
+            ))),
+        }
+    }
+
+    fn value(&mut self, type_id: u32, key: &str, depth: u32) -> Result<GgufValue, GgufError> {
+        let what = || format!("value of metadata '{key}'");
+        Ok(match type_id {
+            0 => GgufValue::U8(u8::from_le_bytes(self.array(&what)?)),
+            1 => GgufValue::I8(i8::from_le_bytes(self.array(&what)?)),
+            2 => GgufValue::U16(u16::from_le_bytes(self.array(&what)?)),
+            3 => GgufValue::I16(i16::from_le_bytes(self.array(&what)?)),
+            4 => GgufValue::U32(self.u32(&what)?),
+            5 => GgufValue::I32(i32::from_le_bytes(self.array(&what)?)),
+            6 => GgufValue::F32(f32::from_le_bytes(self.array(&what)?)),
+            7 => {
+                let [b] = self.array::<1>(&what)?;
+                match b {
+                    0 => GgufValue::Bool(false),
+                    1 => GgufValue::Bool(true),
+                    _ => return Err(self.malformed(format!("metadata '{key}': bool byte is {b}"))),
+                }
+            }
+            8 => GgufValue::String(self.string(&what)?),
+            9 => {
+                if depth >= 8 {
+                    return Err(self.malformed(format!("metadata '{key}': arrays nested too deep")));
+                }
+                let elem_type = self.u32(&|| format!("array element type of metadata '{key}'"))?;
+                let n = self.u64(&|| format!("array length of metadata '{key}'"))?;
+                let min = min_value_bytes(elem_type).ok_or_else(|| {
+                    self.malformed(format!("metadata '{key}': unknown array element type {elem_type}"))
+                })?;
+                self.check_count(n, min, &format!("array length of metadata '{key}'"))?;
+                let mut items = Vec::with_capacity(n as usize);
+                for _ in 0..n {
+                    items.push(self.value(elem_type, key, depth + 1)?);
+                }
+                GgufValue::Array(items)
+            }
+            10 => GgufValue::U64(self.u64(&what)?),
+            11 => GgufValue::I64(i64::from_le_bytes(self.array(&what)?)),
+            12 => GgufValue::F64(f64::from_le_bytes(self.array(&what)?)),
+            t => return Err(self.malformed(format!("metadata '{key}' has unknown value type {t}"))),
+        })
+    }
+}
+
+/// Smallest encoded size of one value of a metadata type, or None for an unknown type.
+fn min_value_bytes(type_id: u32) -> Option<u64> {
+    Some(match type_id {
+        0 | 1 | 7 => 1,
+        2 | 3 => 2,
+        4..=6 => 4,
+        8 => 8,      // u64 length
+        9 => 4 + 8,  // element type + length
+        10..=12 => 8,
+        _ => return None,
+    })
+}
+
+impl GgufFile {
+    /// Maps and parses a GGUF file, validating the whole header and every tensor's extent.
+    pub fn open(path: &Path) -> Result<Self, GgufError> {
+        let io = |source| GgufError::Io { path: path.to_path_buf(), source };
+        let file = File::open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        if len < 4 + 4 + 8 + 8 {
+            // Too short for the fixed header; also avoids mapping an empty file.
+            let found = std::fs::read(path).map_err(io)?;
+            if found.len() >= 4 && &found[..4] != GGUF_MAGIC {
+                return Err(GgufError::BadMagic { path: path.to_path_buf(), found: found[..4].to_vec() });
+            }
+            return Err(GgufError::Truncated {
+                path: path.to_path_buf(),
+                what: "fixed header (magic, version, tensor count, metadata count)".into(),
+                offset: 0,
+                needed: 24,
+                file_len: len,
+            });
+        }
+        // SAFETY: the map is read-only; as with any mmap, the file must not be modified while
+        // it is open.
+        let mmap = unsafe { Mmap::map(&file) }.map_err(io)?;
+        Self::parse(path.to_path_buf(), mmap)
+    }
+
+    fn parse(path: PathBuf, mmap: Mmap) -> Result<Self, GgufError> {
+        let (version, metadata, tensors, alignment, data_offset) = {
+            let mut r = Reader { data: &mmap[..], pos: 0, path: &path };
+            let magic: [u8; 4] = r.array(&|| "magic".into())?;
+            if &magic != GGUF_MAGIC {
+                return Err(GgufError::BadMagic { path, found: magic.to_vec() });
+            }
+            let version = r.u32(&|| "version".into())?;
+            if version != 2 && version != 3 {
+                return Err(GgufError::UnsupportedVersion { path, version });
+            }
+            let tensor_count = r.u64(&|| "tensor count".into())?;
+            let kv_count = r.u64(&|| "metadata count".into())?;
+            r.check_count(kv_count, MIN_KV_BYTES, "metadata count")?;
+            // Tensor infos follow the metadata, so each needs its minimum size too.
+            r.check_count(
+                tensor_count,
+                MIN_TENSOR_INFO_BYTES,
+                "tensor count",
+            )?;
+
+            let mut metadata = Vec::with_capacity(kv_count as usize);
+            for i in 0..kv_count {
+                let key = r.string(&|| format!("key of metadata entry {i}"))?;
+                let t = r.u32(&|| format!("value type of metadata '{key}'"))?;
+                let v = r.value(t, &key, 0)?;
+                metadata.push((key, v));
+            }
+
+            let alignment = match metadata.iter().find(|(k, _)| k == "general.alignment") {
+                None => DEFAULT_ALIGNMENT,
+                Some((_, v)) => match v.as_u64() {
+                    Some(a) if a > 0 && a.is_power_of_two() && a <= 1 << 20 => a,
+                    _ => return Err(r.malformed(format!("general.alignment is {v:?}; need a power of two"))),
+                },
+            };
+
+            r.check_count(tensor_count, MIN_TENSOR_INFO_BYTES, "tensor count")?;
+            let mut infos = Vec::with_capacity(tensor_count as usize);
+            for i in 0..tensor_count {
+                let name = r.string(&|| format!("name of tensor {i}"))?;
+                let n_dims = r.u32(&|| format!("n_dims of tensor '{name}'"))?;
+                if n_dims > MAX_DIMS {
+                    return Err(r.malformed(format!("tensor '{name}' has {n_dims} dims (max {MAX_DIMS})")));
+                }
+                let mut dims = Vec::with_capacity(n_dims as usize);
+                for d in 0..n_dims {
+                    dims.push(r.u64(&|| format!("dim {d} of tensor '{name}'"))?);
+                }
+                let type_id = r.u32(&|| format!("type of tensor '{name}'"))?;
+                let offset = r.u64(&|| format!("data offset of tensor '{name}'"))?;
+                let Some(ty) = ggml_type(type_id) else {
+                    return Err(GgufError::UnknownTensorType { path: path.clone(), tensor: name, type_id });
+                };
+                infos.push((name, dims, ty, offset));
+            }
+            let header_end = r.pos as u64;
+            let data_offset = header_end.div_ceil(alignment) * alignment;
+            let file_len = mmap.len() as u64;
+            if data_offset > file_len && !infos.is_empty() {
+                return Err(GgufError::Truncated {
+                    path,
+                    what: format!("tensor data section (aligned to {alignment})"),
+                    offset: header_end,
+                    needed: data_offset - header_end,
+                    file_len,
+                });
+            }
+            let data_len = file_len.saturating_sub(data_offset);
+
+            let mut tensors = Vec::with_capacity(infos.len());
+            for (name, dims, ty, offset) in infos {
+                let malformed = |msg: String| GgufError::Malformed { path: path.clone(), msg };
+                let n_elements = dims
+                    .iter()
+                    .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+                    .ok_or_else(|| malformed(format!("tensor '{name}': element count of dims {dims:?} overflows")))?;
+                let ne0 = dims.first().copied().unwrap_or(1);
+                if ne0 % ty.block_elems != 0 {
+                    return Err(malformed(format!(
+                        "tensor '{name}' of type {}: first dim {ne0} is not a multiple of the block size {}",
+                        ty.name, ty.block_elems
+                    )));
+                }
+                let n_bytes = (n_elements / ty.block_elems)
+                    .checked_mul(ty.block_bytes)
+                    .ok_or_else(|| malformed(format!("tensor '{name}': byte size overflows")))?;
+                if offset % alignment != 0 {
+                    return Err(malformed(format!(
+                        "tensor '{name}': data offset {offset} is not a multiple of the alignment {alignment}"
+                    )));
+                }
+                match offset.checked_add(n_bytes) {
+                    Some(end) if end <= data_len => {}
+                    _ => {
+                        return Err(malformed(format!(
+                            "tensor '{name}' ({} {dims:?}, {n_bytes} bytes at data offset {offset}) \
+                             extends past the end of the file (data section is {data_len} bytes \
+                             starting at byte {data_offset})",
+                            ty.name
+                        )))
+                    }
+                }
+                tensors.push(TensorInfo { name, dims, ty, offset, n_elements, n_bytes });
+            }
+            (version, metadata, tensors, alignment, data_offset)
+        };
+
+        let mut metadata_index = HashMap::with_capacity(metadata.len());
+        for (i, (k, _)) in metadata.iter().enumerate() {
+            if metadata_index.insert(k.clone(), i).is_some() {
+                return Err(GgufError::Malformed { path, msg: format!("duplicate metadata key '{k}'") });
+            }
+        }
+        let mut tensor_index = HashMap::with_capacity(tensors.len());
+        for (i, t) in tensors.iter().enumerate() {
+            if tensor_index.insert(t.name.clone(), i).is_some() {
+                return Err(GgufError::Malformed { path, msg: format!("duplicate tensor name '{}'", t.name) });
+            }
+        }
+        Ok(GgufFile { path, mmap, version, metadata, metadata_index, tensors, tensor_index, alignment, data_offset })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn version(&self) -> u32 {
+        self.version
+    }
+
+    pub fn alignment(&self) -> u64 {
+        self.alignment
+    }
+
+    /// Absolute file offset where the tensor data section starts.
+    pub fn data_offset(&self) -> u64 {
+        self.data_offset
+    }
+
+    pub fn metadata(&self, key: &str) -> Option<&GgufValue> {
+        self.metadata_index.get(key).map(|&i| &self.metadata[i].1)
+    }
+
+    /// All metadata in file order.
+    pub fn metadata_entries(&self) -> &[(String, GgufValue)] {
+        &self.metadata
+    }
+
+    /// All tensor infos in file order (GGUF names).
+    pub fn tensor_infos(&self) -> &[TensorInfo] {
+        &self.tensors
+    }
+
+    pub fn tensor_info(&self, gguf_name: &str) -> Option<&TensorInfo> {
+        self.tensor_index.get(gguf_name).map(|&i| &self.tensors[i])
+    }
+
+    /// The raw bytes of a tensor (extent validated at open).
+    pub fn tensor_bytes(&self, info: &TensorInfo) -> &[u8] {
+        let start = (self.data_offset + info.offset) as usize;
+        &self.mmap[start..start + info.n_bytes as usize]
+    }
+
+    /// Dequantized f32 data of a tensor by GGUF name, in file row order (no un-permute), with
+    /// its row-major shape.
+    pub fn tensor_f32(&self, gguf_name: &str) -> Result<(Vec<usize>, Vec<f32>), GgufError> {
+        let info = self.tensor_info(gguf_name).ok_or_else(|| GgufError::TensorNotFound {
+            path: self.path.clone(),
+            name: gguf_name.to_string(),
+        })?;
+        let data = dequantize(self.tensor_bytes(info), info.ty, info.n_elements as usize).ok_or_else(|| {
+            GgufError::UnsupportedTensorType {
+                path: self.path.clone(),
+                tensor: info.name.clone(),
+                type_name: info.ty.name,
+                type_id: info.ty.id,
+            }
+        })?;
+        Ok((info.shape(), data))
+    }
+
+    fn meta_err(&self, key: &str, msg: impl Into<String>) -> GgufError {
+        GgufError::Metadata { path: self.path.clone(), key: key.to_string(), msg: msg.into() }
+    }
+
+    fn meta_u64(&self, key: &str) -> Result<Option<u64>, GgufError> {
+        match self.metadata(key) {
+            None => Ok(None),
+            Some(v) => v.as_u64().map(Some).ok_or_else(|| self.meta_err(key, format!("expected an integer, found {v:?}"))),
+        }
+    }
+
+    fn meta_u64_req(&self, key: &str) -> Result<u64, GgufError> {
+        self.meta_u64(key)?.ok_or_else(|| self.meta_err(key, "missing"))
+    }
+
+    fn meta_f64(&self, key: &str) -> Result<Option<f64>, GgufError> {
+        match self.metadata(key) {
+            None => Ok(None),
+            Some(v) => v.as_f64().map(Some).ok_or_else(|| self.meta_err(key, format!("expected a number, found {v:?}"))),
+        }
+    }
+
+    fn meta_str(&self, key: &str) -> Result<Option<&str>, GgufError> {
+        match self.metadata(key) {
+            None => Ok(None),
+            Some(v) => v.as_str().map(Some).ok_or_else(|| self.meta_err(key, "expected a string")),
+        }
+    }
+
+    fn meta_str_array(&self, key: &str) -> Result<Vec<&str>, GgufError> {
+        let v = self.metadata(key).ok_or_else(|| self.meta_err(key, "missing"))?;
+        let a = v.as_array().ok_or_else(|| self.meta_err(key, "expected an array of strings"))?;
+        a.iter()
+            .map(|x| x.as_str().ok_or_else(|| self.meta_err(key, "expected an array of strings")))
+            .collect()
+    }
+
+    fn check_llama(&self) -> Result<(), GgufError> {
+        let arch = self.meta_str("general.architecture")?.ok_or_else(|| self.meta_err("general.architecture", "missing"))?;
+        if arch != "llama" {
+            return Err(GgufError::UnsupportedArchitecture { path: self.path.clone(), arch: arch.to_string() });
+        }
+        Ok(())
+    }
+
+    /// (n_head, n_head_kv) from the llama metadata.
+    fn llama_heads(&self) -> Result<(u64, u64), GgufError> {
+        let n_head = self.meta_u64_req("llama.attention.head_count")?;
+        let n_head_kv = self.meta_u64("llama.attention.head_count_kv")?.unwrap_or(n_head);
+        if n_head == 0 || n_head_kv == 0 {
+            return Err(self.meta_err("llama.attention.head_count", "head counts must be positive"));
+        }
+        Ok((n_head, n_head_kv))
+    }
+
+    /// HF-style LLaMA config.json content. Errors if `general.architecture` is not llama.
+    pub fn hf_config(&self) -> Result<serde_json::Value, GgufError> {
+        self.check_llama()?;
+        let hidden = self.meta_u64_req("llama.embedding_length")?;
+        let ffn = self.meta_u64_req("llama.feed_forward_length")?;
+        let layers = self.meta_u64_req("llama.block_count")?;
+        let (n_head, n_head_kv) = self.llama_heads()?;
+        let head_dim = match self.meta_u64("llama.attention.key_length")? {
+            Some(d) => d,
+            None => {
+                if hidden % n_head != 0 {
+                    return Err(self.meta_err("llama.embedding_length", format!("{hidden} not divisible by {n_head} heads")));
+                }
+                hidden / n_head
+            }
+        };
+        let eps = self.meta_f64("llama.attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5);
+        let rope_theta = self.meta_f64("llama.rope.freq_base")?.unwrap_or(10000.0);
+        let ctx = self.meta_u64("llama.context_length")?.unwrap_or(2048);
+        let vocab = match self.meta_u64("llama.vocab_size")? {
+            Some(v) => v,
+            None => match self.metadata("tokenizer.ggml.tokens").and_then(|v| v.as_array()) {
+                Some(a) => a.len() as u64,
+                None => self
+                    .tensor_info("token_embd.weight")
+                    .and_then(|t| t.dims.get(1).copied())
+                    .ok_or_else(|| self.meta_err("llama.vocab_size", "missing, and no tokenizer or token_embd to infer it from"))?,
+            },
+        };
+        let tied = self.tensor_info("output.weight").is_none();
+        let bos = self.meta_u64("tokenizer.ggml.bos_token_id")?;
+        let eos = self.meta_u64("tokenizer.ggml.eos_token_id")?;
+        let pad = self.meta_u64("tokenizer.ggml.padding_token_id")?;
+        Ok(serde_json::json!({
+            "architectures": ["LlamaForCausalLM"],
+            "model_type": "llama",
+            "hidden_size": hidden,
+            "intermediate_size": ffn,
+            "num_hidden_layers": layers,
+            "num_attention_heads": n_head,
+            "num_key_value_heads": n_head_kv,
+            "head_dim": head_dim,
+            "hidden_act": "silu",
+            "rms_norm_eps": eps,
+            "rope_theta": rope_theta,
+            "rope_scaling": null,
+            "attention_bias": false,
+            "mlp_bias": false,
+            "vocab_size": vocab,
+            "max_position_embeddings": ctx,
+            "tie_word_embeddings": tied,
+            "bos_token_id": bos,
+            "eos_token_id": eos,
+            "pad_token_id": pad,
+            "torch_dtype": "float32",
+            "_name_or_path": self.meta_str("general.name")?.unwrap_or(""),
+        }))
+    }
+
+    /// HF tensor names and row-major shapes (`[out, in]` for matrices) for every tensor, in
+    /// file order. Names with no LLaMA mapping are passed through unchanged. A tied LM head
+    /// (no `output.weight`) is not listed.
+    pub fn hf_tensor_names(&self) -> Vec<(String, Vec<usize>)> {
+        self.tensors
+            .iter()
+            .map(|t| (gguf_to_hf_name(&t.name).unwrap_or_else(|| t.name.clone()), t.shape()))
+            .collect()
+    }
+
+    /// Dequantized f32 data of one tensor by HF name, with Q/K rows un-permuted.
+    pub fn hf_tensor_f32(&self, hf_name: &str) -> Result<(Vec<usize>, Vec<f32>), GgufError> {
+        let gguf_name = hf_to_gguf_name(hf_name).unwrap_or_else(|| hf_name.to_string());
+        if self.tensor_info(&gguf_name).is_none() {
+            return Err(GgufError::TensorNotFound { path: self.path.clone(), name: hf_name.to_string() });
+        }
+        let (shape, data) = self.tensor_f32(&gguf_name)?;
+        let n_heads = if gguf_name.ends_with(".attn_q.weight") {
+            Some(self.llama_heads()?.0)
+        } else if gguf_name.ends_with(".attn_k.weight") {
+            Some(self.llama_heads()?.1)
+        } else {
+            None
+        };
+        match n_heads {
+            None => Ok((shape, data)),
+            Some(n_h) => {
+                let malformed = |msg: String| GgufError::Malformed { path: self.path.clone(), msg };
+                if shape.len() != 2 {
+                    return Err(malformed(format!("tensor '{gguf_name}' is not a matrix: {shape:?}")));
+                }
+                let n_h = n_h as usize;
+                let data = unpermute_rows(&data, shape[0], shape[1], n_h).ok_or_else(|| {
+                    malformed(format!(
+                        "tensor '{gguf_name}': {} rows do not split into {n_h} heads of even size",
+                        shape[0]
+                    ))
+                })?;
+                Ok((shape, data))
+            }
+        }
+    }
+
+    /// A tokenizer.json (HF `tokenizers` format) built from the `tokenizer.ggml.*` metadata:
+    /// byte-level BPE over the vocab and merges, pre-tokenizer
+    /// Sequence[Digits(individual), ByteLevel(no prefix space)] for `pre = smollm` (plain
+    /// ByteLevel for `pre = gpt2`), ByteLevel decoder, no post-processor adding BOS. Control
+    /// (type 3) tokens are added as special added tokens, user-defined (type 4) as normal added
+    /// tokens.
+    pub fn tokenizer_json(&self) -> Result<String, GgufError> {
+        use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDec;
+        use tokenizers::decoders::DecoderWrapper;
+        use tokenizers::models::bpe::{Vocab, BPE};
+        use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+        use tokenizers::pre_tokenizers::digits::Digits;
+        use tokenizers::pre_tokenizers::sequence::Sequence;
+        use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+        use tokenizers::processors::PostProcessorWrapper;
+        use tokenizers::{AddedToken, Tokenizer};
+
+        let tok_err = |msg: String| GgufError::Tokenizer { path: self.path.clone(), msg };
+        let model = self.meta_str("tokenizer.ggml.model")?.ok_or_else(|| self.meta_err("tokenizer.ggml.model", "missing"))?;
+        if model != "gpt2" {
+            return Err(tok_err(format!("tokenizer.ggml.model is '{model}'; only 'gpt2' (byte-level BPE) is supported")));
+        }
+        let pre = self.meta_str("tokenizer.ggml.pre")?.unwrap_or("gpt2");
+        let split_digits = match pre {
+            "smollm" => true,
+            "gpt2" => false,
+            other => return Err(tok_err(format!("tokenizer.ggml.pre '{other}' is not supported (smollm, gpt2)"))),
+        };
+        let tokens = self.meta_str_array("tokenizer.ggml.tokens")?;
+        let merges_raw = self.meta_str_array("tokenizer.ggml.merges")?;
+        let types: Option<Vec<u64>> = match self.metadata("tokenizer.ggml.token_type") {
+            None => None,
+            Some(v) => {
+                let a = v.as_array().ok_or_else(|| self.meta_err("tokenizer.ggml.token_type", "expected an array"))?;
+                let t: Option<Vec<u64>> = a.iter().map(|x| x.as_u64()).collect();
+                let t = t.ok_or_else(|| self.meta_err("tokenizer.ggml.token_type", "expected integers"))?;
+                if t.len() != tokens.len() {
+                    return Err(self.meta_err(
+                        "tokenizer.ggml.token_type",
+                        format!("{} entries for {} tokens", t.len(), tokens.len()),
+                    ));
+                }
+                Some(t)
+            }
+        };
+
+        let mut vocab = Vocab::default();
+        for (id, t) in tokens.iter().enumerate() {
+            if vocab.insert((*t).to_string(), id as u32).is_some() {
+                return Err(tok_err(format!("duplicate token '{t}' (id {id})")));
+            }
+        }
+        let merges = merges_raw
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                m.split_once(' ')
+                    .map(|(a, b)| (a.to_string(), b.to_string()))
+                    .ok_or_else(|| tok_err(format!("merge {i} '{m}' has no space")))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let bpe = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .build()
+            .map_err(|e| tok_err(format!("BPE: {e}")))?;
+
+        let mut tk = Tokenizer::new(bpe);
+        let byte_level = ByteLevel::default().add_prefix_space(false).trim_offsets(true).use_regex(true);
+        let pre_tok = if split_digits {
+            PreTokenizerWrapper::Sequence(Sequence::new(vec![
+                PreTokenizerWrapper::Digits(Digits::new(true)),
+                PreTokenizerWrapper::ByteLevel(byte_level),
+            ]))
+        } else {
+            PreTokenizerWrapper::ByteLevel(byte_level)
+        };
+        tk.with_pre_tokenizer(Some(pre_tok));
+        tk.with_decoder(Some(DecoderWrapper::ByteLevel(ByteLevelDec::default())));
+        tk.with_post_processor(None::<PostProcessorWrapper>);
+
+        let mut special = Vec::new();
+        let mut user = Vec::new();
+        match &types {
+            Some(types) => {
+                for (id, &t) in types.iter().enumerate() {
+                    match t {
+                        3 => special.push(AddedToken::from(tokens[id], true)),
+                        4 => user.push(AddedToken::from(tokens[id], false)),
+                        _ => {}
+                    }
+                }
+            }
+            None => {
+                let mut ids: Vec<u64> = ["bos", "eos", "unknown", "padding"]
+                    .iter()
+                    .filter_map(|k| self.meta_u64(&format!("tokenizer.ggml.{k}_token_id")).ok().flatten())
+                    .collect();
+                ids.sort_unstable();
+                ids.dedup();
+                for id in ids {
+                    let t = tokens.get(id as usize).ok_or_else(|| tok_err(format!("special token id {id} out of range")))?;
+                    special.push(AddedToken::from(*t, true));
+                }
+            }
+        }
+        tk.add_special_tokens(&special);
+        tk.add_tokens(&user);
+        tk.to_string(false).map_err(|e| tok_err(format!("serialize: {e}")))
+    }
+}
+
+/// GGUF LLaMA tensor name to HF name, or None if it has no mapping.
+pub fn gguf_to_hf_name(name: &str) -> Option<String> {
+    match name {
+        "token_embd.weight" => return Some("model.embed_tokens.weight".into()),
+        "output_norm.weight" => return Some("model.norm.weight".into()),
+        "output.weight" => return Some("lm_head.weight".into()),
+        _ => {}
+    }
+    let rest = name.strip_prefix("blk.")?;
+    let (idx, rest) = rest.split_once('.')?;
+    let i: usize = idx.parse().ok()?;
+    let (part, suffix) = rest.split_once('.')?;
+    let hf = match part {
+        "attn_norm" => "input_layernorm",
+        "attn_q" => "self_attn.q_proj",
+        "attn_k" => "self_attn.k_proj",
+        "attn_v" => "self_attn.v_proj",
+        "attn_output" => "self_attn.o_proj",
+        "ffn_norm" => "post_attention_layernorm",
+        "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" => "mlp.up_proj",
+        "ffn_down" => "mlp.down_proj",
+        _ => return None,
+    };
+    Some(format!("model.layers.{i}.{hf}.{suffix}"))
+}
+
+/// HF LLaMA tensor name to GGUF name, or None if it has no mapping.
+pub fn hf_to_gguf_name(name: &str) -> Option<String> {
+    match name {
+        "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
+        "model.norm.weight" => return Some("output_norm.weight".into()),
+        "lm_head.weight" => return Some("output.weight".into()),
+        _ => {}
+    }
+    let rest = name.strip_prefix("model.layers.")?;
+    let (idx, rest) = rest.split_once('.')?;
+    let i: usize = idx.parse().ok()?;
+    let (part, suffix) = rest.rsplit_once('.')?;
+    let g = match part {
+        "input_layernorm" => "attn_norm",
+        "self_attn.q_proj" => "attn_q",
+        "self_attn.k_proj" => "attn_k",
+        "self_attn.v_proj" => "attn_v",
+        "self_attn.o_proj" => "attn_output",
+        "post_attention_layernorm" => "ffn_norm",
+        "mlp.gate_proj" => "ffn_gate",
+        "mlp.up_proj" => "ffn_up",
+        "mlp.down_proj" => "ffn_down",
+        _ => return None,
+    };
+    Some(format!("blk.{i}.{g}.{suffix}"))
+}
+
+/// Undoes llama.cpp's Q/K row permutation of a `[rows, cols]` matrix with `n_h` heads:
+/// `w.reshape(n_h, hd/2, 2, cols).swapaxes(1, 2).reshape(rows, cols)`. None if the rows do not
+/// split into `n_h` heads of even size.
+pub fn unpermute_rows(w: &[f32], rows: usize, cols: usize, n_h: usize) -> Option<Vec<f32>> {
+    if n_h == 0 || rows % n_h != 0 || (rows / n_h) % 2 != 0 || w.len() != rows.checked_mul(cols)? {
+        return None;
+    }
+    let hd = rows / n_h;
+    let half = hd / 2;
+    let mut out = vec![0f32; w.len()];
+    out.par_chunks_mut(cols.max(1)).enumerate().for_each(|(r, dst)| {
+        // destination row r = (h, i, j) in shape (n_h, 2, hd/2); source (h, j, i) in (n_h, hd/2, 2)
+        let (h, within) = (r / hd, r % hd);
+        let (i, j) = (within / half, within % half);
+        let src = h * hd + j * 2 + i;
+        dst.copy_from_slice(&w[src * cols..(src + 1) * cols]);
+    });
+    Some(out)
+}
+
+/// Blocks per parallel task.
+const PAR_BLOCKS: usize = 4096;
+
+/// Dequantizes `n` elements of type `ty` from `bytes` (exactly the tensor's bytes). None if the
+/// type is not supported.
+pub fn dequantize(bytes: &[u8], ty: GgmlType, n: usize) -> Option<Vec<f32>> {
+    let be = ty.block_elems as usize;
+    let bb = ty.block_bytes as usize;
+    debug_assert_eq!(bytes.len(), n / be * bb);
+    let block: fn(&[u8], &mut [f32]) = match ty.id {
+        0 => |b, o| o[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
+        1 => |b, o| o[0] = f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32(),
+        30 => |b, o| o[0] = bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32(),
+        8 => dequant_q8_0_block,
+        3 => dequant_q4_1_block,
+        _ => return None,
+    };
+    let mut out = vec![0f32; n];
+    // Work in chunks of many blocks so the parallel overhead stays small.
+    let chunk_blocks = if be == 1 { PAR_BLOCKS * 32 } else { PAR_BLOCKS };
+    out.par_chunks_mut(chunk_blocks * be)
+        .zip(bytes.par_chunks(chunk_blocks * bb))
+        .for_each(|(o, b)| {
+            for (ob, bb) in o.chunks_exact_mut(be).zip(b.chunks_exact(bb)) {
+                block(bb, ob);
+            }
+        });
+    Some(out)
+}
+
+fn read_f16(b: &[u8]) -> f32 {
+    f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32()
+}
+
+/// Q8_0: f16 d, i8 q[32]; w = d * q.
+fn dequant_q8_0_block(b: &[u8], o: &mut [f32]) {
+    let d = read_f16(&b[0..2]);
+    for (w, &q) in o.iter_mut().zip(&b[2..34]) {
+        *w = d * (q as i8) as f32;
+    }
+}
+
+/// Q4_1: f16 d, f16 m, u8 qs[16]; w[j] = d*(qs[j]&15)+m, w[j+16] = d*(qs[j]>>4)+m.
+fn dequant_q4_1_block(b: &[u8], o: &mut [f32]) {
+    let d = read_f16(&b[0..2]);
+    let m = read_f16(&b[2..4]);
+    let (lo, hi) = o.split_at_mut(16);
+    for j in 0..16 {
+        let q = b[4 + j];
+        lo[j] = d * (q & 15) as f32 + m;
+        hi[j] = d * (q >> 4) as f32 + m;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    /// Builds GGUF bytes.
+    #[derive(Default)]
+    struct Builder {
+        buf: Vec<u8>,
+    }
+
+    impl Builder {
+        fn u32(mut self, v: u32) -> Self {
+            self.buf.extend_from_slice(&v.to_le_bytes());
+            self
+        }
+        fn u64(mut self, v: u64) -> Self {
+            self.buf.extend_from_slice(&v.to_le_bytes());
+            self
+        }
+        fn str(self, s: &str) -> Self {
+            let mut b = self.u64(s.len() as u64);
+            b.buf.extend_from_slice(s.as_bytes());
+            b
+        }
+        fn bytes(mut self, v: &[u8]) -> Self {
+            self.buf.extend_from_slice(v);
+            self
+        }
+        fn header(kv: u64, tensors: u64) -> Self {
+            Builder::default().bytes(b"GGUF").u32(3).u64(tensors).u64(kv)
+        }
+        fn tensor(self, name: &str, dims: &[u64], ty: u32, offset: u64) -> Self {
+            let mut b = self.str(name).u32(dims.len() as u32);
+            for &d in dims {
+                b = b.u64(d);
+            }
+            b.u32(ty).u64(offset)
+        }
+        fn pad(mut self, align: usize) -> Self {
+            while self.buf.len() % align != 0 {
+                self.buf.push(0);
+            }
+            self
+        }
+    }
+
+    fn write_tmp(bytes: &[u8]) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(bytes).unwrap();
+        f.flush().unwrap();
+        f
+    }
+
+    fn open_bytes(bytes: &[u8]) -> Result<GgufFile, GgufError> {
+        let f = write_tmp(bytes);
+        GgufFile::open(f.path())
+    }
+
+    fn open_err(bytes: &[u8]) -> String {
+        match open_bytes(bytes) {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    fn f16b(v: f32) -> [u8; 2] {
+        f16::from_f32(v).to_bits().to_le_bytes()
+    }
+
+    /// A valid file with one F32 tensor [2, 3] (ne0=3) and a string metadata entry.
+    fn valid_file() -> Vec<u8> {
+        let mut b = Builder::header(2, 1)
+            .str("general.architecture")
+            .u32(8)
+            .str("llama")
+            .str("general.alignment")
+            .u32(4)
+            .u32(32)
+            .tensor("t", &[3, 2], 0, 0)
+            .pad(32);
+        for i in 0..6 {
+            b = b.bytes(&(i as f32).to_le_bytes());
+        }
+        b.buf
+    }
+
+    #[test]
+    fn valid_file_opens() {
+        let g = open_bytes(&valid_file()).unwrap();
+        assert_eq!(g.version(), 3);
+        assert_eq!(g.metadata("general.architecture").unwrap().as_str(), Some("llama"));
+        assert_eq!(g.data_offset() % 32, 0);
+        let (shape, data) = g.tensor_f32("t").unwrap();
+        assert_eq!(shape, vec![2, 3]);
+        assert_eq!(data, vec![0., 1., 2., 3., 4., 5.]);
+    }
+
+    #[test]
+    fn every_truncation_is_an_error() {
+        let full = valid_file();
+        for n in 0..full.len() {
+            let e = open_bytes(&full[..n]);
+            assert!(e.is_err(), "truncated to {n} bytes opened");
+        }
+    }
+
+    #[test]
+    fn bad_magic() {
+        let mut b = valid_file();
+        b[..4].copy_from_slice(b"GGML");
+        let e = open_err(&b);
+        assert!(e.contains("not a GGUF file"), "{e}");
+        assert!(open_err(b"XY").contains("truncated"));
+        let e = open_err(b"GGJT00000000000000000000000");
+        assert!(e.contains("magic"), "{e}");
+    }
+
+    #[test]
+    fn bad_version() {
+        let mut b = valid_file();
+        b[4..8].copy_from_slice(&7u32.to_le_bytes());
+        assert!(open_err(&b).contains("version 7"));
+    }
+
+    #[test]
+    fn huge_counts() {
+        let b = Builder::header(u64::MAX, 0).buf;
+        let e = open_err(&b);
+        assert!(e.contains("metadata count"), "{e}");
+        let b = Builder::header(0, 1 << 40).bytes(&[0; 64]).buf;
+        let e = open_err(&b);
+        assert!(e.contains("tensor count"), "{e}");
+        // Plausible-looking counts that still exceed the file.
+        let b = Builder::header(1000, 0).bytes(&[0; 100]).buf;
+        assert!(open_err(&b).contains("metadata count"));
+        let b = Builder::header(0, 5).bytes(&[0; 100]).buf;
+        assert!(open_err(&b).contains("tensor count"));
+    }
+
+    #[test]
+    fn string_past_eof() {
+        let b = Builder::header(1, 0).u64(1 << 50).bytes(b"abcdefgh").buf;
+        let e = open_err(&b);
+        assert!(e.contains("truncated") && e.contains("key of metadata entry 0"), "{e}");
+        let b = Builder::header(1, 0).str("k").u32(8).u64(1000).bytes(b"short").buf;
+        let e = open_err(&b);
+        assert!(e.contains("value of metadata 'k'"), "{e}");
+        // Huge string array.
+        let b = Builder::header(1, 0).str("k").u32(9).u32(8).u64(u64::MAX / 2).bytes(&[0; 16]).buf;
+        let e = open_err(&b);
+        assert!(e.contains("array length"), "{e}");
+        // Unknown metadata value type.
+        let b = Builder::header(1, 0).str("k").u32(99).bytes(&[0; 16]).buf;
+        assert!(open_err(&b).contains("unknown value type 99"));
+    }
+
+    #[test]
+    fn tensor_out_of_range() {
+        // Offset far past the end.
+        let b = Builder::header(0, 1).tensor("w", &[4], 0, 1 << 40).pad(32).bytes(&[0; 16]).buf;
+        let e = open_err(&b);
+        assert!(e.contains("'w'") && e.contains("past the end"), "{e}");
+        // Extent just one element too long.
+        let b = Builder::header(0, 1).tensor("w", &[5], 0, 0).pad(32).bytes(&[0; 16]).buf;
+        assert!(open_err(&b).contains("past the end"));
+        // Overflowing element count.
+        let b = Builder::header(0, 1).tensor("w", &[u64::MAX, 3], 0, 0).pad(32).bytes(&[0; 16]).buf;
+        assert!(open_err(&b).contains("overflows"));
+        // Too many dims.
+        let b = Builder::header(0, 1).tensor("w", &[1, 1, 1, 1, 1], 0, 0).pad(32).bytes(&[0; 16]).buf;
+        assert!(open_err(&b).contains("dims"));
+        // Misaligned offset.
+        let b = Builder::header(0, 1).tensor("w", &[1], 0, 4).pad(32).bytes(&[0; 16]).buf;
+        assert!(open_err(&b).contains("alignment"));
+        // Quantized row not a whole number of blocks.
+        let b = Builder::header(0, 1).tensor("w", &[16], 8, 0).pad(32).bytes(&[0; 64]).buf;
+        assert!(open_err(&b).contains("block size"));
+    }
+
+    #[test]
+    fn unknown_and_unsupported_tensor_types() {
+        let b = Builder::header(0, 1).tensor("mystery", &[4], 77, 0).pad(32).bytes(&[0; 64]).buf;
+        let e = open_err(&b);
+        assert!(e.contains("'mystery'") && e.contains("unknown ggml type id 77"), "{e}");
+        // Q4_0 has a known size but is not dequantized here.
+        let b = Builder::header(0, 1).tensor("q", &[32], 2, 0).pad(32).bytes(&[0; 32]).buf;
+        let g = open_bytes(&b).unwrap();
+        let e = g.tensor_f32("q").unwrap_err().to_string();
+        assert!(e.contains("'q'") && e.contains("Q4_0") && e.contains("id 2"), "{e}");
+        assert!(g.tensor_f32("nope").unwrap_err().to_string().contains("no tensor named"));
+    }
+
+    #[test]
+    fn metadata_types_and_string_arrays() {
+        let b = Builder::header(4, 0)
+            .str("a")
+            .u32(9)
+            .u32(8)
+            .u64(2)
+            .str("x")
+            .str("yz")
+            .str("f")
+            .u32(6)
+            .bytes(&1e-5f32.to_le_bytes())
+            .str("b")
+            .u32(7)
+            .bytes(&[1])
+            .str("i")
+            .u32(11)
+            .bytes(&(-3i64).to_le_bytes())
+            .buf;
+        let g = open_bytes(&b).unwrap();
+        let a = g.metadata("a").unwrap().as_array().unwrap();
+        assert_eq!(a, &[GgufValue::String("x".into()), GgufValue::String("yz".into())]);
+        assert_eq!(g.metadata("f").unwrap().as_f64(), Some(1e-5));
+        assert_eq!(g.metadata("b").unwrap().as_bool(), Some(true));
+        assert_eq!(g.metadata("i"), Some(&GgufValue::I64(-3)));
+        assert!(g.hf_config().unwrap_err().to_string().contains("general.architecture"));
+    }
+
+    fn deq(bytes: &[u8], id: u32, n: usize) -> Vec<f32> {
+        dequantize(bytes, ggml_type(id).unwrap(), n).unwrap()
+    }
+
+    #[test]
+    fn dequant_f32_f16_bf16() {
+        let vals = [1.5f32, -2.25, 0.0, 65504.0];
+        let b: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(deq(&b, 0, 4), vals);
+        // f16 bit patterns: 1.0 = 0x3c00, -2.0 = 0xc000, 0.5 = 0x3800, 65504 = 0x7bff.
+        let b: Vec<u8> = [0x3c00u16, 0xc000, 0x3800, 0x7bff].iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(deq(&b, 1, 4), [1.0, -2.0, 0.5, 65504.0]);
+        // bf16 is the top half of an f32: 1.0 = 0x3f80, -3.0 = 0xc040, 0.15625 = 0x3e20.
+        let b: Vec<u8> = [0x3f80u16, 0xc040, 0x3e20].iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(deq(&b, 30, 3), [1.0, -3.0, 0.15625]);
+    }
+
+    #[test]
+    fn dequant_q8_0() {
+        let mut b = f16b(0.5).to_vec();
+        for j in 0..32i32 {
+            b.push(((j - 16) as i8) as u8);
+        }
+        b.extend_from_slice(&f16b(-2.0));
+        b.extend(std::iter::repeat_n(3u8, 31));
+        b.push(0x80); // -128
+        let w = deq(&b, 8, 64);
+        for j in 0..32 {
+            assert_eq!(w[j], 0.5 * (j as f32 - 16.0));
+        }
+        assert_eq!(w[32], -6.0);
+        assert_eq!(w[63], 256.0);
+    }
+
+    #[test]
+    fn dequant_q4_1() {
+        // d = 0.25, m = -1.0; qs[j] = (lo = j) | (hi = 15 - j) << 4.
+        let mut b = f16b(0.25).to_vec();
+        b.extend_from_slice(&f16b(-1.0));
+        for j in 0..16u8 {
+            b.push(j | ((15 - j) << 4));
+        }
+        let w = deq(&b, 3, 32);
+        assert_eq!(w[0], -1.0);
+        assert_eq!(w[5], 0.25 * 5.0 - 1.0);
+        assert_eq!(w[15], 0.25 * 15.0 - 1.0);
+        assert_eq!(w[16], 0.25 * 15.0 - 1.0);
+        assert_eq!(w[16 + 5], 0.25 * 10.0 - 1.0);
+        assert_eq!(w[31], -1.0);
+    }
+
+    #[test]
+    fn dequant_many_blocks_parallel() {
+        // More than one parallel chunk, checked against the scalar formula.
+        let nb = PAR_BLOCKS * 2 + 3;
+        let mut b = Vec::with_capacity(nb * 20);
+        for k in 0..nb {
+            b.extend_from_slice(&f16b((k % 7) as f32 * 0.125));
+            b.extend_from_slice(&f16b(-((k % 5) as f32)));
+            for j in 0..16 {
+                b.push(((k + j) % 256) as u8);
+            }
+        }
+        let w = deq(&b, 3, nb * 32);
+        for k in [0, 1, PAR_BLOCKS - 1, PAR_BLOCKS, nb - 1] {
+            let d = (k % 7) as f32 * 0.125;
+            let m = -((k % 5) as f32);
+            for j in 0..16 {
+                let q = ((k + j) % 256) as u8;
+                assert_eq!(w[k * 32 + j], d * (q & 15) as f32 + m);
+                assert_eq!(w[k * 32 + j + 16], d * (q >> 4) as f32 + m);
+            }
+        }
+    }
+
+    #[test]
+    fn unpermute_tiny() {
+        // 2 heads, head_dim 4, 1 column: GGUF rows per head are (j, i) pairs interleaved.
+        // Row r holds value r. numpy: np.arange(8).reshape(2, 2, 2, 1).swapaxes(1, 2).reshape(8)
+        // = [0, 2, 1, 3, 4, 6, 5, 7].
+        let w: Vec<f32> = (0..8).map(|x| x as f32).collect();
+        let u = unpermute_rows(&w, 8, 1, 2).unwrap();
+        assert_eq!(u, vec![0., 2., 1., 3., 4., 6., 5., 7.]);
+        // With 2 columns and head_dim 6 (one head): rows [0..6] -> [0, 2, 4, 1, 3, 5].
+        let w: Vec<f32> = (0..12).map(|x| x as f32).collect();
+        let u = unpermute_rows(&w, 6, 2, 1).unwrap();
+        assert_eq!(u, vec![0., 1., 4., 5., 8., 9., 2., 3., 6., 7., 10., 11.]);
+        // It inverts llama.cpp's permute: w.reshape(n_h, 2, hd/2, in).swapaxes(1, 2).
+        let permute = |w: &[f32], rows: usize, n_h: usize| -> Vec<f32> {
+            let hd = rows / n_h;
+            let mut out = vec![0.0; rows];
+            for h in 0..n_h {
+                for j in 0..hd / 2 {
+                    for i in 0..2 {
+                        out[h * hd + j * 2 + i] = w[h * hd + i * hd / 2 + j];
+                    }
+                }
+            }
+            out
+        };
+        let w: Vec<f32> = (0..24).map(|x| x as f32).collect();
+        assert_eq!(unpermute_rows(&permute(&w, 24, 3), 24, 1, 3).unwrap(), w);
+        assert!(unpermute_rows(&w, 24, 1, 5).is_none());
+    }
+
+    #[test]
+    fn name_mapping_round_trips() {
+        for (g, h) in [
+            ("token_embd.weight", "model.embed_tokens.weight"),
+            ("output_norm.weight", "model.norm.weight"),
+            ("output.weight", "lm_head.weight"),
+            ("blk.0.attn_norm.weight", "model.layers.0.input_layernorm.weight"),
+            ("blk.12.attn_q.weight", "model.layers.12.self_attn.q_proj.weight"),
+            ("blk.3.attn_k.weight", "model.layers.3.self_attn.k_proj.weight"),
+            ("blk.3.attn_v.weight", "model.layers.3.self_attn.v_proj.weight"),
+            ("blk.3.attn_output.weight", "model.layers.3.self_attn.o_proj.weight"),
+            ("blk.29.ffn_norm.weight", "model.layers.29.post_attention_layernorm.weight"),
+            ("blk.1.ffn_gate.weight", "model.layers.1.mlp.gate_proj.weight"),
+            ("blk.1.ffn_up.weight", "model.layers.1.mlp.up_proj.weight"),
+            ("blk.1.ffn_down.weight", "model.layers.1.mlp.down_proj.weight"),
+        ] {
+            assert_eq!(gguf_to_hf_name(g).as_deref(), Some(h));
+            assert_eq!(hf_to_gguf_name(h).as_deref(), Some(g));
+        }
+        assert_eq!(gguf_to_hf_name("rope_freqs.weight"), None);
+    }
+
+    /// A tiny llama file: 1 layer, hidden 8, 2 heads, 1 kv head, head_dim 4; Q is [8,8], K [4,8].
+    #[test]
+    fn tiny_llama_hf_view() {
+        let kv: &[(&str, u32, Vec<u8>)] = &[
+            ("general.architecture", 8, [&5u64.to_le_bytes()[..], b"llama"].concat()),
+            ("llama.block_count", 4, 1u32.to_le_bytes().to_vec()),
+            ("llama.embedding_length", 4, 8u32.to_le_bytes().to_vec()),
+            ("llama.feed_forward_length", 4, 16u32.to_le_bytes().to_vec()),
+            ("llama.attention.head_count", 4, 2u32.to_le_bytes().to_vec()),
+            ("llama.attention.head_count_kv", 4, 1u32.to_le_bytes().to_vec()),
+            ("llama.attention.layer_norm_rms_epsilon", 6, 1e-5f32.to_le_bytes().to_vec()),
+            ("llama.rope.freq_base", 6, 100000f32.to_le_bytes().to_vec()),
+            ("llama.vocab_size", 4, 10u32.to_le_bytes().to_vec()),
+        ];
+        let mut b = Builder::header(kv.len() as u64, 2);
+        for (k, t, v) in kv {
+            b = b.str(k).u32(*t).bytes(v);
+        }
+        b = b.tensor("blk.0.attn_q.weight", &[8, 8], 0, 0).tensor("blk.0.attn_k.weight", &[8, 4], 0, 256).pad(32);
+        // Row r of Q is filled with r; row r of K with 100 + r.
+        for r in 0..8 {
+            for _ in 0..8 {
+                b = b.bytes(&(r as f32).to_le_bytes());
+            }
+        }
+        for r in 0..4 {
+            for _ in 0..8 {
+                b = b.bytes(&(100.0 + r as f32).to_le_bytes());
+            }
+        }
+        let g = open_bytes(&b.buf).unwrap();
+        let cfg = g.hf_config().unwrap();
+        assert_eq!(cfg["num_attention_heads"], 2);
+        assert_eq!(cfg["num_key_value_heads"], 1);
+        assert_eq!(cfg["head_dim"], 4);
+        assert_eq!(cfg["vocab_size"], 10);
+        assert_eq!(cfg["rms_norm_eps"], 1e-5);
+        assert_eq!(cfg["rope_theta"], 100000.0);
+        assert_eq!(cfg["tie_word_embeddings"], true);
+        let names = g.hf_tensor_names();
+        assert_eq!(names[0], ("model.layers.0.self_attn.q_proj.weight".to_string(), vec![8, 8]));
+        assert_eq!(names[1], ("model.layers.0.self_attn.k_proj.weight".to_string(), vec![4, 8]));
+        let rows = |w: &[f32]| w.chunks(8).map(|r| r[0]).collect::<Vec<_>>();
+        // Q: per head (hd 4) rows [0,1,2,3] -> [0,2,1,3].
+        let (s, q) = g.hf_tensor_f32("model.layers.0.self_attn.q_proj.weight").unwrap();
+        assert_eq!(s, vec![8, 8]);
+        assert_eq!(rows(&q), vec![0., 2., 1., 3., 4., 6., 5., 7.]);
+        // K: one kv head.
+        let (s, k) = g.hf_tensor_f32("model.layers.0.self_attn.k_proj.weight").unwrap();
+        assert_eq!(s, vec![4, 8]);
+        assert_eq!(rows(&k), vec![100., 102., 101., 103.]);
+        // The raw GGUF view is not un-permuted.
+        let (_, raw) = g.tensor_f32("blk.0.attn_q.weight").unwrap();
+        assert_eq!(rows(&raw), (0..8).map(|r| r as f32).collect::<Vec<_>>());
+        assert!(g.hf_tensor_f32("lm_head.weight").is_err());
+    }
+}
