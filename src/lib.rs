@@ -16,6 +16,7 @@ pub mod forward;
 pub mod gguf;
 pub mod gguf_model;
 pub mod job;
+pub mod kernels;
 pub mod model;
 pub mod output;
 pub mod prune;
@@ -29,5 +30,9 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 /// One line for `--version`: the version and whether CUDA kernels are built in.
 pub fn build_info() -> &'static str {
-    concat!(env!("CARGO_PKG_VERSION"), " (CUDA kernels: not built in; run scripts/setup-cuda.sh and rebuild)")
+    if kernels::KERNELS_BUILT {
+        concat!(env!("CARGO_PKG_VERSION"), " (CUDA kernels: built in as PTX)")
+    } else {
+        concat!(env!("CARGO_PKG_VERSION"), " (CUDA kernels: not built in; run scripts/setup-cuda.sh and rebuild)")
+    }
 }
