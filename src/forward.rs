@@ -32,7 +32,9 @@ pub fn embed(cfg: &ModelConfig, emb: &Mat, positions: Option<&Mat>, ids: &[u32],
 /// LayerNorm (with bias) or RMSNorm (without), statistics in f32 like HF.
 pub fn norm(x: &Mat, n: &Norm, eps: f32) -> Mat {
     let mut y = x.clone();
-    y.data.par_chunks_mut(x.cols.max(1)).for_each(|row| {
+    // Element-wise work stays on one thread: it is memory-bound, and rayon's scheduling cost was
+    // measured to dominate it (25x slower than this loop on a busy 2-core machine).
+    y.data.chunks_mut(x.cols.max(1)).for_each(|row| {
         let d = row.len() as f32;
         match &n.b {
             Some(b) => {
@@ -60,13 +62,14 @@ pub fn norm(x: &Mat, n: &Norm, eps: f32) -> Mat {
 pub fn rope(x: &mut Mat, heads: usize, hd: usize, theta: f32, seqlen: usize) {
     let half = hd / 2;
     let inv_freq: Vec<f32> = (0..half).map(|i| 1.0 / theta.powf((2 * i) as f32 / hd as f32)).collect();
-    x.data.par_chunks_mut(heads * hd).enumerate().for_each(|(t, row)| {
-        let pos = (t % seqlen) as f32;
+    // (sin, cos) per position and frequency, as HF computes them: angle = pos * inv_freq in f32
+    let table: Vec<(f32, f32)> = (0..seqlen).flat_map(|p| inv_freq.iter().map(move |f| (p as f32 * f).sin_cos())).collect();
+    x.data.chunks_mut(heads * hd).enumerate().for_each(|(t, row)| {
+        let sc = &table[(t % seqlen) * half..(t % seqlen + 1) * half];
         for h in 0..heads {
             let v = &mut row[h * hd..(h + 1) * hd];
             for i in 0..half {
-                let f = pos * inv_freq[i];
-                let (s, c) = f.sin_cos();
+                let (s, c) = sc[i];
                 let (a, b) = (v[i], v[i + half]);
                 v[i] = a * c - b * s;
                 v[i + half] = b * c + a * s;
@@ -120,7 +123,11 @@ pub fn attention(cfg: &ModelConfig, q: &Mat, k: &Mat, v: &Mat, v_units: &[usize]
                 let m = row[..=i].iter().cloned().fold(f32::NEG_INFINITY, f32::max);
                 let mut sum = 0.0f32;
                 for x in row[..=i].iter_mut() {
-                    *x = (*x - m).exp();
+                    // exp below e^-80 (< 2e-35 of the row's largest term) is flushed to zero:
+                    // it cannot change the f32 result, and glibc's expf takes a slow path for
+                    // underflowing arguments (measured: it dominated the whole forward pass)
+                    let d = *x - m;
+                    *x = if d < -80.0 { 0.0 } else { d.exp() };
                     sum += *x;
                 }
                 for x in row[..=i].iter_mut() {
@@ -168,10 +175,12 @@ pub fn mlp_act(cfg: &ModelConfig, lw: &LayerWeights, h: &Mat) -> Mat {
     let x = norm(h, &lw.mlp_norm, cfg.norm_eps);
     let mut up = linear(&x, &lw.up.w, lw.up.b.as_deref());
     match &lw.gate {
-        None => up.data.par_iter_mut().for_each(|v| *v = v.max(0.0)),
+        None => up.data.iter_mut().for_each(|v| *v = v.max(0.0)),
         Some(gate) => {
             let g = linear(&x, &gate.w, gate.b.as_deref());
-            up.data.par_iter_mut().zip(&g.data).for_each(|(u, &gv)| *u *= gv / (1.0 + (-gv).exp()));
+            for (u, &gv) in up.data.iter_mut().zip(&g.data) {
+                *u *= gv / (1.0 + (-gv).exp());
+            }
         }
     }
     up

@@ -1,7 +1,8 @@
 //! A plain row-major f32 matrix, and the few dense operations the CPU reference needs.
 //! GEMMs go through faer (multi-threaded); nothing here hand-rolls BLAS.
 
-use faer::{linalg::matmul::matmul, Accum, MatMut, MatRef, Par};
+use faer::linalg::matmul::{matmul, triangular::BlockStructure};
+use faer::{Accum, MatMut, MatRef, Par};
 
 /// Row-major matrix `[rows, cols]`.
 #[derive(Clone, Debug, PartialEq)]
@@ -145,8 +146,26 @@ impl Gram {
             buf.extend(x.data[r0 * x.cols..r1 * x.cols].iter().map(|&v| v as f64));
             let xc = MatRef::from_row_major_slice(&buf, r1 - r0, x.cols);
             let h = MatMut::from_row_major_slice_mut(&mut self.data, self.n, self.n);
-            matmul(h, Accum::Add, xc.transpose(), xc, 1.0f64, Par::rayon(0));
+            // only the lower triangle (a syrk): half the FLOPs of a full product
+            faer::linalg::matmul::triangular::matmul(
+                h,
+                BlockStructure::TriangularLower,
+                Accum::Add,
+                xc.transpose(),
+                BlockStructure::Rectangular,
+                xc,
+                BlockStructure::Rectangular,
+                1.0f64,
+                Par::rayon(0),
+            );
             r0 = r1;
+        }
+        // mirror the lower triangle into the upper one
+        let n = self.n;
+        for i in 0..n {
+            for j in 0..i {
+                self.data[j * n + i] = self.data[i * n + j];
+            }
         }
     }
     /// The submatrix `H[rows, cols]` as a faer matrix.

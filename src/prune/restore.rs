@@ -41,7 +41,7 @@ pub fn restore(w2: &Mat, h: &Gram, s: &[usize], p: &[usize], damp: f64) -> Resul
     if !mean_diag.is_finite() {
         return Err("statistics H are not finite".into());
     }
-    if mean_diag <= 0.0 {
+    if mean_diag == 0.0 {
         // Every kept channel is dead on the calibration data: H[S,S] = H[P,S] = 0, nothing to fit.
         return Ok(no_restore(w2, s, damp));
     }
