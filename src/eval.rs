@@ -63,6 +63,7 @@ impl Layers<'_> {
 /// Logits of every window (`ids` flattened `[n, seqlen]`), through the CPU reference forward.
 pub fn logits(model: &Model, ids: &[u32], seqlen: usize) -> Result<Mat> {
     let cfg = &model.cfg;
+    model.check_seqlen(seqlen)?;
     let mut h = forward::embed(cfg, &model.embedding()?, model.positions()?.as_ref(), ids, seqlen);
     for l in 0..cfg.layers {
         h = forward::layer(cfg, &model.layer(l)?, &h, seqlen);
@@ -76,6 +77,7 @@ pub fn perplexity(model: &Model, ids: &[u32], seqlen: usize, mut on_window: impl
     if let Some(&bad) = ids.iter().find(|&&t| t as usize >= cfg.vocab) {
         return Err(FaspError::Arg(format!("token id {bad} is outside the vocabulary ({})", cfg.vocab)));
     }
+    model.check_seqlen(seqlen)?;
     let n = ids.len() / seqlen;
     let layers = if model.param_count() <= 400_000_000 {
         Layers::Cached((0..cfg.layers).map(|l| model.layer(l)).collect::<Result<_>>()?)

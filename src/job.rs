@@ -73,6 +73,7 @@ pub struct EvalSet {
 
 impl EvalSet {
     pub fn load(model: &Model, name: &str, path: &Path, seqlen: usize, max_windows: Option<usize>) -> Result<EvalSet> {
+        model.check_seqlen(seqlen)?;
         Ok(EvalSet { name: name.into(), path: path.into(), ids: eval_ids(model, path, seqlen, max_windows)?, seqlen })
     }
 }

@@ -298,8 +298,8 @@ fn prune(a: PruneArgs) -> Result<()> {
     let (mr, mn) = err(&|r| (r.mlp.recon_error, r.mlp.recon_error_no_restore));
     println!("reconstruction error (sum over layers): attention {ar:.4e} (no restore {an:.4e}), mlp {mr:.4e} (no restore {mn:.4e})");
     println!(
-        "time: {:.2} s total; embed {:.2}, weights {:.2}, forward+stats {:.2}, score+select {:.2}, restore {:.2}, error {:.2}, write {:.2}",
-        s.seconds_total, ph.embed, ph.load_weights, ph.forward_stats, ph.score_select, ph.restore, ph.recon_error, ph.write
+        "time: {:.2} s total; embed {:.2}, weights {:.2}, forward+stats {:.2}, score+select {:.2}, restore {:.2}, write {:.2}",
+        s.seconds_total, ph.embed, ph.load_weights, ph.forward_stats, ph.score_select, ph.restore, ph.write
     );
     let show = |tag: &str, p: &fasp_engine::eval::Perplexity| {
         println!("ppl {tag:<7} {:.4}  (seqlen {}, windows {}, predicted tokens {})", p.ppl, p.seqlen, p.windows, p.predicted_tokens)

@@ -199,6 +199,13 @@ fn empty_or_unreadable_calibration() {
 }
 
 #[test]
+fn windows_longer_than_opt_positions() {
+    let dir = tempfile::tempdir().unwrap();
+    let calib = fixture("calib.txt");
+    assert_clean_failure(dir.path(), &fixture("opt-tiny"), &["--calib", calib.to_str().unwrap(), "--seqlen", "200", "--nsamples", "2"], "exceeds the model's 64 learned positions");
+}
+
+#[test]
 fn existing_out_without_force() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");

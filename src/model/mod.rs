@@ -144,6 +144,20 @@ impl Model {
         Ok(())
     }
 
+    /// Windows longer than OPT's learned position table cannot be embedded.
+    pub fn check_seqlen(&self, seqlen: usize) -> Result<()> {
+        if let Some(p) = self.names.positions() {
+            let rows = self.src.shape(&p).map_or(0, |s| s[0]);
+            if seqlen + 2 > rows {
+                return Err(FaspError::Arg(format!(
+                    "sequence length {seqlen} exceeds the model's {} learned positions",
+                    rows.saturating_sub(2)
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// A missing `lm_head.weight` with tied embeddings means the embedding (FASP-SPEC §1).
     pub fn head_is_tied(&self) -> bool {
         self.src.shape(self.names.lm_head()).is_none() && (self.cfg.tie_embeddings || self.cfg.family == Family::Opt)

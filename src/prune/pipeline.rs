@@ -67,7 +67,6 @@ pub struct PhaseTimes {
     pub forward_stats: f64,
     pub score_select: f64,
     pub restore: f64,
-    pub recon_error: f64,
     pub write: f64,
 }
 
@@ -154,7 +153,7 @@ fn prune_pair(
     let restored = if opts.method.restores() && opts.restore {
         backend.restore(w2, &stats.h, &cols, &pruned, opts.damp).map_err(pair_err)?
     } else {
-        restore::no_restore(w2, &cols, opts.damp)
+        restore::no_restore(w2, &stats.h, &cols, &pruned, opts.damp)
     };
     let bias_delta = (opts.method.bias_compensation() && !pruned.is_empty()).then(|| {
         let t = stats.tokens.max(1) as f64;
@@ -164,14 +163,9 @@ fn prune_pair(
     });
     times.restore += t0.elapsed().as_secs_f64();
 
-    let t0 = Instant::now();
-    let recon_error = restore::recon_error(w2, &restored.w2, &cols, &stats.h);
-    let recon_error_no_restore = if restored.lambda.is_some() {
-        restore::recon_error(w2, &w2.gather_cols(&cols), &cols, &stats.h)
-    } else {
-        recon_error
-    };
-    times.recon_error += t0.elapsed().as_secs_f64();
+    // errors come from the restoration's own products (see restore.rs); FLAP's bias
+    // compensation is not included in them
+    let (recon_error, recon_error_no_restore) = (restored.err2.sqrt(), restored.err2_no_restore.sqrt());
     Ok(PairOutcome {
         report: PairReport {
             units: n_units,
@@ -240,6 +234,7 @@ pub fn prune(
     if let Some(&bad) = ids.iter().find(|&&t| t as usize >= cfg.vocab) {
         return Err(FaspError::Calib(format!("token id {bad} is outside the vocabulary ({})", cfg.vocab)));
     }
+    model.check_seqlen(seqlen)?;
 
     let mut times = PhaseTimes::default();
     let t0 = Instant::now();

@@ -23,18 +23,40 @@ pub struct Restored {
     /// `damp` actually used.
     pub damp: f64,
     pub retries: u32,
+    /// `‖W2 X − W2' X_S‖_F²` of the returned `W2'`.
+    pub err2: f64,
+    /// The same for `W2' = W2[:,S]`.
+    pub err2_no_restore: f64,
+}
+
+/// `tr(W2[:,P] H[P,P] W2[:,P]ᵀ)`: the squared reconstruction error of dropping `P` with no update.
+pub fn pruned_energy(w2: &Mat, h: &Gram, p: &[usize]) -> f64 {
+    if p.is_empty() {
+        return 0.0;
+    }
+    let wp = faer::Mat::<f64>::from_fn(w2.rows, p.len(), |i, j| w2.data[i * w2.cols + p[j]] as f64);
+    let mut wh = faer::Mat::<f64>::zeros(w2.rows, p.len());
+    matmul(wh.as_mut(), Accum::Replace, wp.as_ref(), h.sub(p, p).as_ref(), 1.0, Par::rayon(0));
+    let mut sum = 0.0;
+    for j in 0..p.len() {
+        for i in 0..w2.rows {
+            sum += wh[(i, j)] * wp[(i, j)];
+        }
+    }
+    sum.max(0.0)
 }
 
 /// `W2[:,S]` without any update (`--no-restore`, or `P` empty).
-pub fn no_restore(w2: &Mat, s: &[usize], damp: f64) -> Restored {
-    Restored { w2: w2.gather_cols(s), lambda: None, damp, retries: 0 }
+pub fn no_restore(w2: &Mat, h: &Gram, s: &[usize], p: &[usize], damp: f64) -> Restored {
+    let e = pruned_energy(w2, h, p);
+    Restored { w2: w2.gather_cols(s), lambda: None, damp, retries: 0, err2: e, err2_no_restore: e }
 }
 
 /// Least-squares restoration. Errors (with a message; the caller names layer and pair) when the
 /// factorisation still fails after `MAX_RETRIES` escalations.
 pub fn restore(w2: &Mat, h: &Gram, s: &[usize], p: &[usize], damp: f64) -> Result<Restored, String> {
     if p.is_empty() {
-        return Ok(no_restore(w2, s, damp));
+        return Ok(no_restore(w2, h, s, p, damp));
     }
     let hss = h.sub(s, s);
     let mean_diag = (0..s.len()).map(|i| hss[(i, i)]).sum::<f64>() / s.len() as f64;
@@ -43,7 +65,7 @@ pub fn restore(w2: &Mat, h: &Gram, s: &[usize], p: &[usize], damp: f64) -> Resul
     }
     if mean_diag == 0.0 {
         // Every kept channel is dead on the calibration data: H[S,S] = H[P,S] = 0, nothing to fit.
-        return Ok(no_restore(w2, s, damp));
+        return Ok(no_restore(w2, h, s, p, damp));
     }
     // B = W2[:,P] · H[P,S]   ([out, |S|]), in f64
     let w2p = faer::Mat::<f64>::from_fn(w2.rows, p.len(), |i, j| w2.data[i * w2.cols + p[j]] as f64);
@@ -65,15 +87,24 @@ pub fn restore(w2: &Mat, h: &Gram, s: &[usize], p: &[usize], damp: f64) -> Resul
                 let mut xt = b.transpose().to_owned();
                 llt.solve_in_place(xt.as_mut());
                 let mut out = w2.gather_cols(s);
+                // With ΔW = B A⁻¹ (A = H_SS + λI) and D = W2 − [W2'] the error is
+                // tr(D H Dᵀ) = tr(W_P H_PP W_Pᵀ) − 2 tr(B ΔWᵀ) + tr(ΔW H_SS ΔWᵀ), and since
+                // ΔW H_SS = B − λΔW this is e0 − tr(B ΔWᵀ) − λ‖ΔW‖²: no extra O(n³) product.
+                let (mut b_dw, mut dw2) = (0.0f64, 0.0f64);
                 for i in 0..out.rows {
                     for j in 0..s.len() {
-                        out.data[i * s.len() + j] += xt[(j, i)] as f32;
+                        let dw = xt[(j, i)];
+                        out.data[i * s.len() + j] += dw as f32;
+                        b_dw += b[(i, j)] * dw;
+                        dw2 += dw * dw;
                     }
                 }
                 if !out.is_finite() {
                     return Err("restored weights are not finite".into());
                 }
-                return Ok(Restored { w2: out, lambda: Some(lambda), damp: damp_used, retries: retry });
+                let e0 = pruned_energy(w2, h, p);
+                let err2 = (e0 - b_dw - lambda * dw2).max(0.0);
+                return Ok(Restored { w2: out, lambda: Some(lambda), damp: damp_used, retries: retry, err2, err2_no_restore: e0 });
             }
         }
         damp_used *= 10.0;
@@ -141,6 +172,11 @@ mod tests {
             full.data.iter().zip(&part.data).map(|(a, b)| ((a - b) as f64).powi(2)).sum::<f64>().sqrt()
         };
         assert!((direct - e_fit).abs() <= 1e-4 * direct.max(1.0), "{direct} vs {e_fit}");
+        // the closed form the pipeline records agrees with the direct trace
+        assert!((r.err2.sqrt() - e_fit).abs() <= 1e-6 * e_fit, "{} vs {e_fit}", r.err2.sqrt());
+        assert!((r.err2_no_restore.sqrt() - e_plain).abs() <= 1e-9 * e_plain);
+        let r2 = restore(&w2, &h, &s, &p, 0.3).unwrap();
+        assert!((r2.err2.sqrt() - recon_error(&w2, &r2.w2, &s, &h)).abs() <= 1e-5 * e_plain, "with a large λ too");
     }
 
     #[test]
@@ -165,7 +201,7 @@ mod tests {
         let mut h = Gram::zeros(5);
         h.accumulate(&x);
         let r = restore(&w2, &h, &[0, 1, 3], &[2, 4], 1e12).unwrap();
-        let plain = w2.gather_cols(&[0, 1, 3]);
+        let plain = no_restore(&w2, &h, &[0, 1, 3], &[2, 4], 0.01).w2;
         for (a, b) in r.w2.data.iter().zip(&plain.data) {
             assert!((a - b).abs() < 1e-6);
         }
