@@ -95,7 +95,7 @@ def cpu_model():
 
 def commit():
     try:
-        return subprocess.check_output(["git", "describe", "--always", "--dirty"], text=True).strip()
+        return subprocess.check_output(["git", "describe", "--always", "--dirty"], text=True, stderr=subprocess.DEVNULL).strip()
     except Exception:
         return "unknown"
 
