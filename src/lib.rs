@@ -7,8 +7,10 @@
 //! * `prune`: the pinned FASP math and the sequential pipeline.
 //! * `output`: the dense-equivalent and compact writers.
 //! * `job`: the prune job as the CLI runs it (reachable from tests).
+//! * `bench`: the pipeline timed on synthetic weights of the published shapes, with its floor.
 
 pub mod backend;
+pub mod bench;
 pub mod calib;
 pub mod error;
 pub mod eval;

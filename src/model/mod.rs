@@ -2,6 +2,7 @@
 
 pub mod arch;
 pub mod config;
+pub mod synthetic;
 pub mod weights;
 
 use crate::error::{FaspError, Result};
