@@ -71,3 +71,39 @@ fn magnitude_ignores_calibration_and_random_is_seeded() {
     assert_ne!(kept(&r1, 0, "mlp_kept_units"), kept(&r3, 0, "mlp_kept_units"), "another seed, other units");
     assert!(r1["layers"][0]["mlp"]["lambda"].is_null(), "baselines do not restore");
 }
+
+#[test]
+fn sweep_writes_a_table_csv_and_plot() {
+    use fasp_engine::sweep::{self, SweepMethod, SweepSpec};
+    let dir = tempfile::tempdir().unwrap();
+    let spec = SweepSpec {
+        model: fixture("llama-gqa"),
+        calib: fixture("calib.txt"),
+        nsamples: Some(8),
+        seqlen: Some(32),
+        seed: 0,
+        damp: 0.01,
+        methods: ["fasp", "fasp-no-restore", "flap"].iter().map(|m| SweepMethod::parse(m).unwrap()).collect(),
+        sparsities: vec![0.1, 0.3],
+        evals: vec![("eval".into(), fixture("eval.txt"))],
+        eval_seqlen: 32,
+        eval_windows: Some(8),
+        device: fasp_engine::job::Device::Cpu,
+    };
+    let rows = sweep::run(&spec, |_| {}).unwrap();
+    assert_eq!(rows.len(), 1 + 3 * 2, "dense once, then methods x sparsities");
+    assert!(rows.iter().all(|r| r.ppl.is_finite() && r.windows == 8 && r.seqlen == 32));
+    // more sparsity, fewer parameters
+    let p = |m: &str, s: f64| rows.iter().find(|r| r.method == m && r.sparsity == s).unwrap().params;
+    assert!(p("fasp", 0.3) < p("fasp", 0.1) && p("fasp", 0.1) < rows[0].params);
+    sweep::write_csv(&rows, &dir.path().join("s.csv")).unwrap();
+    let csv = std::fs::read_to_string(dir.path().join("s.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + rows.len());
+    assert!(csv.starts_with("method,sparsity,eval,ppl"));
+    sweep::plot_svg(&rows, "eval", &dir.path().join("s.svg")).unwrap();
+    let svg = std::fs::read_to_string(dir.path().join("s.svg")).unwrap();
+    assert!(svg.contains("<svg") && svg.contains("fasp-no-restore"), "one labelled line per method");
+    let table = sweep::table(&rows, "eval");
+    assert!(table.contains("| fasp |") && table.contains("10%") && table.contains("30%"));
+    assert!(SweepMethod::parse("sparsegpt").is_err());
+}
