@@ -27,7 +27,7 @@ fn quick() -> bool {
 fn config() -> Criterion {
     let c = Criterion::default().sample_size(10);
     if quick() {
-        c.warm_up_time(Duration::from_millis(100)).measurement_time(Duration::from_millis(300))
+        c.warm_up_time(Duration::from_millis(100)).measurement_time(Duration::from_millis(300)).nresamples(5000).without_plots()
     } else {
         c.warm_up_time(Duration::from_millis(500)).measurement_time(Duration::from_secs(2))
     }

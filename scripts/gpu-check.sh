@@ -63,6 +63,7 @@ trap 'rm -rf "$SHIM"' EXIT
 # the CUDA 12 sonames the bindings were generated from.
 link_lib() {  # name, preferred sonames...
   local name="$1"; shift
+  local want="$*"
   local IFS=:
   for dir in $LIBDIRS; do [ -e "$dir/lib$name.so" ] && return 0; done
   for v in "$@"; do
@@ -70,7 +71,7 @@ link_lib() {  # name, preferred sonames...
       if [ -e "$dir/lib$name.so.$v" ]; then ln -sf "$dir/lib$name.so.$v" "$SHIM/lib$name.so"; echo "lib$name.so -> $dir/lib$name.so.$v" >> "$LOG/env.log"; return 0; fi
     done
   done
-  echo "no lib$name.so.{$*} under the PyTorch environment" >> "$LOG/env.log"
+  echo "no lib$name.so or lib$name.so.N (N in $want) under the PyTorch environment" >> "$LOG/env.log"
 }
 link_lib cublas 12 13 11
 link_lib cublasLt 12 13 11
@@ -88,7 +89,8 @@ say "== fasp-engine gpu-check on ${DEVICE:-unknown GPU} ($(uname -n), $(date -u 
 say "   $("$BUNDLE/fasp-engine" --version 2>&1 | head -1)"
 
 # ---- 2. GPU tests --------------------------------------------------------------------------------
-timeout 200 "$BUNDLE/gpu-tests" --test-threads=1 --nocapture > "$LOG/gpu-tests.log" 2>&1
+# --show-output keeps each "test NAME ... ok" line whole and prints what passing tests printed after them
+timeout 180 "$BUNDLE/gpu-tests" --test-threads=1 --show-output > "$LOG/gpu-tests.log" 2>&1
 rc=$?
 say ""
 say "-- GPU tests (rc $rc, $(elapsed) s so far; log gpu-tests.log)"
@@ -109,7 +111,7 @@ CLI_TMP="$(mktemp -d)"
 for m in opt-tiny llama-mha llama-gqa; do
   for dev in cpu cuda; do
     s=$(date +%s%N)
-    timeout 60 "$BUNDLE/fasp-engine" prune --model "tests/fixtures/$m" --out "$CLI_TMP/$m-$dev" \
+    timeout 30 "$BUNDLE/fasp-engine" prune --model "tests/fixtures/$m" --out "$CLI_TMP/$m-$dev" \
       --calib "tests/fixtures/$m/calib_ids.npy" --sparsity 0.25 --device "$dev" \
       --eval tests/fixtures/eval.txt --eval-seqlen 16 -q > "$LOG/cli-$m-$dev.log" 2>&1
     echo "rc $? wall_ms $(( ($(date +%s%N) - s) / 1000000 ))" >> "$LOG/cli-$m-$dev.log"
@@ -131,8 +133,12 @@ print("   %-10s %9.2f %9.2f %10d %12.6f %12.6f %10.2e %s" % (sys.argv[3], a["tot
 sys.exit(0 if ok else 1)
 EOF
 )"
-  [ $? -eq 0 ] || FAIL=1
+  ok=$?
   say "$row"
+  if [ $ok -ne 0 ]; then
+    FAIL=1
+    for dev in cpu cuda; do grep -m1 '^error' "$LOG/cli-$m-$dev.log" | sed "s/^/      $dev: /" | tee -a "$SUMMARY"; done
+  fi
 done
 rm -rf "$CLI_TMP"
 
@@ -152,7 +158,7 @@ import re, sys
 name = None
 rows = []
 for line in open(sys.argv[1], errors="replace"):
-    s = line.strip()
+    s = line.split("\r")[-1].strip()
     if s.startswith("gpu/") and "time:" not in s:
         name = s
     m = re.match(r"^(gpu/\S.*?)?\s*time:\s+\[(\S+ \S+) (\S+ \S+) (\S+ \S+)\]", s)

@@ -114,9 +114,20 @@ fn candidates(lib: &str) -> String {
 }
 
 /// Runs a first call into a dynamically loaded library; a panic (a missing library or symbol
-/// inside cudarc) becomes an error that names the library.
+/// inside cudarc) becomes an error that names the library. The panic hook is silenced meanwhile
+/// (under a lock, so concurrent callers cannot lose the original hook), so the user sees one
+/// error line rather than a panic message.
 fn guarded<T>(lib: &str, f: impl FnOnce() -> T) -> Result<T> {
-    catch_unwind(AssertUnwindSafe(f)).map_err(|p| {
+    static HOOK: Mutex<()> = Mutex::new(());
+    let r = {
+        let _lock = HOOK.lock().unwrap_or_else(|e| e.into_inner());
+        let prev = std::panic::take_hook();
+        std::panic::set_hook(Box::new(|_| {}));
+        let r = catch_unwind(AssertUnwindSafe(f));
+        std::panic::set_hook(prev);
+        r
+    };
+    r.map_err(|p| {
         let msg = p
             .downcast_ref::<String>()
             .cloned()
@@ -227,6 +238,7 @@ impl Gpu {
                 candidates("cusolver")
             )));
         }
+        self.ctx.bind_to_thread().map_err(|e| driver_err("binding the CUDA context", e))?;
         let h = guarded("libcusolver", || DnHandle::new(self.stream.clone()))?
             .map_err(|e| solver_err("cusolverDnCreate", e))?;
         let h = Arc::new(h);
