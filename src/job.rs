@@ -1,9 +1,9 @@
 //! The prune job as the CLI runs it: open and validate everything first, then prune layer by
 //! layer into the writer, then write `fasp.json` and rename the output into place.
 
-use crate::backend::{cpu::CpuBackend, Backend};
+use crate::backend::{cpu::CpuBackend, cuda::CudaBackend, Backend};
 use crate::calib;
-use crate::error::{FaspError, Result};
+use crate::error::Result;
 use crate::model::{DType, Model};
 use crate::output::{self, ModelWriter};
 use crate::prune::{self, PruneConfig, PruneReport};
@@ -155,15 +155,22 @@ pub fn eval_ids(model: &Model, path: &Path, seqlen: usize, max_windows: Option<u
     crate::eval::windows(&stream, seqlen, max_windows)
 }
 
-/// Picks the backend for `--device`.
+/// Picks the backend for `--device`: `cuda` opens the GPU or fails with a clear error; `auto`
+/// takes CUDA when the kernels are built in and a device is usable, else the CPU, and says which.
 pub fn backend(device: Device) -> Result<Box<dyn Backend>> {
     match device {
-        Device::Cpu | Device::Auto => Ok(Box::new(CpuBackend::new())),
-        Device::Cuda => Err(FaspError::Cuda(
-            "the CUDA backend is not available in this build: the pruning pipeline runs on the CPU backend (--device cpu). \
-             See `fasp-engine --version` and scripts/setup-cuda.sh for the kernels."
-                .into(),
-        )),
+        Device::Cpu => Ok(Box::new(CpuBackend::new())),
+        Device::Cuda => Ok(Box::new(CudaBackend::new()?)),
+        Device::Auto => match crate::backend::cuda::cuda_usable().and_then(|()| CudaBackend::new()) {
+            Ok(b) => {
+                tracing::info!("--device auto: using {}", b.name());
+                Ok(Box::new(b))
+            }
+            Err(e) => {
+                tracing::info!("--device auto: using the CPU ({e})");
+                Ok(Box::new(CpuBackend::new()))
+            }
+        },
     }
 }
 

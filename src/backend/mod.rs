@@ -4,6 +4,7 @@
 //! reference functions, so a backend only overrides what it accelerates.
 
 pub mod cpu;
+pub mod cuda;
 
 use crate::error::Result;
 use crate::model::{LayerWeights, ModelConfig};
@@ -36,6 +37,19 @@ impl PairStats {
 
 pub trait Backend {
     fn name(&self) -> String;
+
+    /// Whether the pipeline should load layer l+1 early (before layer l's MLP half) and hand it
+    /// to `prefetch`. Off by default: it holds a second layer in host memory.
+    fn wants_prefetch(&self) -> bool {
+        false
+    }
+
+    /// The next layer's weights, handed over before the current layer's MLP half so a device
+    /// backend can start uploading them while it computes. The same `LayerWeights` (moved, not
+    /// copied) is passed to `attn_stats` next. Default: nothing.
+    fn prefetch(&mut self, _lw: &LayerWeights) -> Result<()> {
+        Ok(())
+    }
 
     /// Starts a prune with the hidden states entering layer 0, `[N·L, d]`.
     fn begin(&mut self, inps: Mat, seqlen: usize) -> Result<()>;

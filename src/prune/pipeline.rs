@@ -228,7 +228,7 @@ pub fn prune(
         kept_count(attn_n, opts.sparsity).map_err(|e| in_pair("attention", e))?;
     }
     kept_count(cfg.ffn, opts.sparsity).map_err(|e| in_pair("MLP", e))?;
-    if ids.is_empty() || seqlen == 0 || ids.len() % seqlen != 0 {
+    if ids.is_empty() || seqlen == 0 || !ids.len().is_multiple_of(seqlen) {
         return Err(FaspError::Calib(format!("{} tokens do not form windows of {seqlen}", ids.len())));
     }
     if let Some(&bad) = ids.iter().find(|&&t| t as usize >= cfg.vocab) {
@@ -244,9 +244,14 @@ pub fn prune(
 
     let attn_u = attn_units(model, opts.method.whole_heads());
     let mut reports = Vec::with_capacity(cfg.layers);
+    // With a prefetching backend, layer l+1 is loaded before layer l's MLP half (see below).
+    let mut next: Option<LayerWeights> = None;
     for l in 0..cfg.layers {
         let t0 = Instant::now();
-        let lw = model.layer(l)?;
+        let lw = match next.take() {
+            Some(w) => w,
+            None => model.layer(l)?,
+        };
         times.load_weights += t0.elapsed().as_secs_f64();
 
         // 1-2: attention pair
@@ -262,6 +267,15 @@ pub fn prune(
             v_units: attn.rows.clone(),
             ..lw
         };
+
+        // the next layer: loaded now so the backend can upload it while the MLP half runs
+        if backend.wants_prefetch() && l + 1 < cfg.layers {
+            let t0 = Instant::now();
+            let w = model.layer(l + 1)?;
+            backend.prefetch(&w)?;
+            next = Some(w);
+            times.load_weights += t0.elapsed().as_secs_f64();
+        }
 
         // 3-4: MLP pair, with the pruned attention
         let t0 = Instant::now();

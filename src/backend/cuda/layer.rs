@@ -1,0 +1,218 @@
+//! The GPU forward of one decoder layer over a chunk of whole calibration windows, composed from
+//! the wrappers (safe Rust only). It mirrors `crate::forward` step by step so the two agree to
+//! fp32 rounding: norm → Q/K/V (cuBLAS, + bias) → rotary (LLaMA, with the host's `inv_freq`
+//! table) → per sub-batch of windows: split heads (GQA repeat) → `S = scale·QKᵀ` (batched GEMM) →
+//! causal softmax → `PV` (batched GEMM) → merge heads into the context columns; and for the
+//! MLP half: norm → up (+ gate, SiLU·mul, or ReLU).
+
+use super::blas;
+use super::context::Gpu;
+use super::forward as fw;
+use super::weights::{DevLinear, DevNorm};
+use crate::error::{FaspError, Result};
+use crate::model::{Family, ModelConfig};
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
+
+/// `y = norm(x)`: LayerNorm when the norm has a bias (OPT), RMSNorm otherwise (as the CPU).
+pub fn norm(gpu: &Gpu, n: &DevNorm, x: &impl DevicePtr<f32>, y: &mut impl DevicePtrMut<f32>, rows: usize, d: usize, eps: f32) -> Result<()> {
+    match &n.b {
+        Some(b) => fw::layernorm(gpu, x, Some(&*n.w), Some(&**b), y, rows, d, eps),
+        None => fw::rmsnorm(gpu, x, Some(&*n.w), y, rows, d, eps),
+    }
+}
+
+/// `y = x Wᵀ + b` for `x[rows][inp]`.
+pub fn linear(gpu: &Gpu, l: &DevLinear, x: &impl DevicePtr<f32>, y: &mut impl DevicePtrMut<f32>, rows: usize) -> Result<()> {
+    blas::linear(gpu, x, &*l.w, y, rows, l.inp, l.out)?;
+    if let Some(b) = &l.b {
+        fw::add_bias(gpu, y, &**b, rows, l.out)?;
+    }
+    Ok(())
+}
+
+/// The attention half's weights on the device.
+pub struct AttnWeights {
+    pub norm: DevNorm,
+    pub q: DevLinear,
+    pub k: DevLinear,
+    pub v: DevLinear,
+}
+
+/// Per-chunk scratch of the attention half.
+pub struct AttnScratch {
+    xn: CudaSlice<f32>,
+    q: CudaSlice<f32>,
+    k: CudaSlice<f32>,
+    v: CudaSlice<f32>,
+    qh: CudaSlice<f32>,
+    kh: CudaSlice<f32>,
+    vh: CudaSlice<f32>,
+    oh: CudaSlice<f32>,
+    s: CudaSlice<f32>,
+    /// Windows per chunk and per attention sub-batch.
+    pub chunk_windows: usize,
+    pub attn_windows: usize,
+}
+
+impl AttnScratch {
+    pub fn new(gpu: &Gpu, cfg: &ModelConfig, seqlen: usize, chunk_windows: usize, attn_windows: usize) -> Result<AttnScratch> {
+        let t = chunk_windows * seqlen;
+        let (nq, nk, nv) = (cfg.heads * cfg.head_dim, cfg.kv_heads * cfg.head_dim, cfg.v_width());
+        let heads_elems = attn_windows * cfg.heads * seqlen * cfg.head_dim;
+        Ok(AttnScratch {
+            xn: gpu.alloc(t * cfg.hidden, "normed hidden states")?,
+            q: gpu.alloc(t * nq, "Q")?,
+            k: gpu.alloc(t * nk, "K")?,
+            v: gpu.alloc(t * nv, "V")?,
+            qh: gpu.alloc(heads_elems, "Q heads")?,
+            kh: gpu.alloc(heads_elems, "K heads")?,
+            vh: gpu.alloc(heads_elems, "V heads")?,
+            oh: gpu.alloc(heads_elems, "context heads")?,
+            s: gpu.alloc(attn_windows * cfg.heads * seqlen * seqlen, "attention scores")?,
+            chunk_windows,
+            attn_windows,
+        })
+    }
+}
+
+/// The dense attention context `ctx[nwin*L][heads*hd]` of the hidden states `x[nwin*L][d]`
+/// (same column layout as `forward::attention` with every V unit present).
+#[allow(clippy::too_many_arguments)]
+pub fn attn_context(
+    gpu: &Gpu,
+    cfg: &ModelConfig,
+    w: &AttnWeights,
+    inv_freq: Option<&CudaSlice<f32>>,
+    x: &impl DevicePtr<f32>,
+    nwin: usize,
+    seqlen: usize,
+    sc: &mut AttnScratch,
+    ctx: &mut impl DevicePtrMut<f32>,
+) -> Result<()> {
+    let (d, hd, heads, kvh, g) = (cfg.hidden, cfg.head_dim, cfg.heads, cfg.kv_heads, cfg.group());
+    let (nq, nk, nv) = (heads * hd, kvh * hd, cfg.v_width());
+    if nwin > sc.chunk_windows {
+        return Err(FaspError::Cuda(format!("attention chunk of {nwin} windows exceeds the scratch ({})", sc.chunk_windows)));
+    }
+    if w.q.out != nq || w.k.out != nk || w.v.out != nv || w.v.out != kvh * hd {
+        return Err(FaspError::Cuda(format!(
+            "the CUDA attention needs a dense layer (q {} k {} v {} rows for {heads} heads, {kvh} kv heads of {hd})",
+            w.q.out, w.k.out, w.v.out
+        )));
+    }
+    let t = nwin * seqlen;
+    norm(gpu, &w.norm, x, &mut sc.xn, t, d, cfg.norm_eps)?;
+    linear(gpu, &w.q, &sc.xn, &mut sc.q, t)?;
+    linear(gpu, &w.k, &sc.xn, &mut sc.k, t)?;
+    linear(gpu, &w.v, &sc.xn, &mut sc.v, t)?;
+    if cfg.family == Family::Llama {
+        let f = inv_freq.map(|f| f as &dyn fw::DevicePtrF32);
+        fw::rope(gpu, &mut sc.q, t, heads, hd, nq, seqlen, cfg.rope_theta, f)?;
+        let f = inv_freq.map(|f| f as &dyn fw::DevicePtrF32);
+        fw::rope(gpu, &mut sc.k, t, kvh, hd, nk, seqlen, cfg.rope_theta, f)?;
+    }
+    let scale = 1.0 / (hd as f32).sqrt();
+    let mut w0 = 0;
+    while w0 < nwin {
+        let wb = sc.attn_windows.min(nwin - w0);
+        let (r0, r1) = (w0 * seqlen, (w0 + wb) * seqlen);
+        let nmat = wb * heads;
+        fw::split_heads(gpu, &sc.q.slice(r0 * nq..r1 * nq), &mut sc.qh, wb, seqlen, heads, hd, nq, 0, 1)?;
+        fw::split_heads(gpu, &sc.k.slice(r0 * nk..r1 * nk), &mut sc.kh, wb, seqlen, kvh, hd, nk, 0, g)?;
+        fw::split_heads(gpu, &sc.v.slice(r0 * nv..r1 * nv), &mut sc.vh, wb, seqlen, kvh, hd, nv, 0, g)?;
+        // the CPU scales inside the GEMM (alpha) and then takes a plain softmax: same here
+        blas::attn_scores(gpu, &sc.qh, &sc.kh, &mut sc.s, nmat, seqlen, hd, scale)?;
+        fw::softmax_causal(gpu, &mut sc.s, nmat, seqlen, 1.0)?;
+        blas::attn_context(gpu, &sc.s, &sc.vh, &mut sc.oh, nmat, seqlen, hd)?;
+        let mut out = ctx_rows(ctx, r0 * nq, r1 * nq)?;
+        fw::merge_heads(gpu, &sc.oh, &mut out, wb, seqlen, heads, hd)?;
+        w0 += wb;
+    }
+    Ok(())
+}
+
+/// Rows of a mutable device buffer as a sub-view (`DevicePtrMut` has no slicing of its own).
+fn ctx_rows<'a, D: DevicePtrMut<f32>>(ctx: &'a mut D, from: usize, to: usize) -> Result<SubMut<'a, D>> {
+    if to > ctx.len() {
+        return Err(FaspError::Cuda(format!("context rows {from}..{to} beyond {}", ctx.len())));
+    }
+    Ok(SubMut { inner: ctx, from, to })
+}
+
+/// A `[from, to)` window of a `DevicePtrMut<f32>`.
+pub struct SubMut<'a, D: DevicePtrMut<f32>> {
+    inner: &'a mut D,
+    from: usize,
+    to: usize,
+}
+
+impl<D: DevicePtrMut<f32>> cudarc::driver::DeviceSlice<f32> for SubMut<'_, D> {
+    fn len(&self) -> usize {
+        self.to - self.from
+    }
+    fn stream(&self) -> &std::sync::Arc<cudarc::driver::CudaStream> {
+        self.inner.stream()
+    }
+}
+
+impl<D: DevicePtrMut<f32>> DevicePtrMut<f32> for SubMut<'_, D> {
+    fn device_ptr_mut<'b>(&'b mut self, stream: &'b cudarc::driver::CudaStream) -> (u64, cudarc::driver::SyncOnDrop<'b>) {
+        let (p, g) = self.inner.device_ptr_mut(stream);
+        (p + (self.from * 4) as u64, g)
+    }
+}
+
+/// The MLP half's weights on the device (`up` = fc1 / up_proj, `gate` = gate_proj).
+pub struct MlpWeights {
+    pub norm: DevNorm,
+    pub up: DevLinear,
+    pub gate: Option<DevLinear>,
+}
+
+/// Per-chunk scratch of the MLP half.
+pub struct MlpScratch {
+    xn: CudaSlice<f32>,
+    gate: Option<CudaSlice<f32>>,
+    pub act: CudaSlice<f32>,
+    pub tmp: CudaSlice<f32>,
+    pub chunk_windows: usize,
+}
+
+impl MlpScratch {
+    /// `width` = the intermediate width the activations will have (all or the kept channels).
+    pub fn new(gpu: &Gpu, cfg: &ModelConfig, seqlen: usize, chunk_windows: usize, width: usize, gated: bool) -> Result<MlpScratch> {
+        let t = chunk_windows * seqlen;
+        Ok(MlpScratch {
+            xn: gpu.alloc(t * cfg.hidden, "normed hidden states")?,
+            gate: if gated { Some(gpu.alloc(t * width, "gate activations")?) } else { None },
+            act: gpu.alloc(t * width, "MLP activations")?,
+            tmp: gpu.alloc(t * cfg.hidden, "residual branch")?,
+            chunk_windows,
+        })
+    }
+}
+
+/// The activated intermediate `act[rows][up.out]` of the hidden states `x[rows][d]` into
+/// `sc.act`: ReLU(fc1) for OPT, SiLU(gate)·up for LLaMA.
+pub fn mlp_act(gpu: &Gpu, cfg: &ModelConfig, w: &MlpWeights, x: &impl DevicePtr<f32>, rows: usize, sc: &mut MlpScratch) -> Result<()> {
+    let width = w.up.out;
+    norm(gpu, &w.norm, x, &mut sc.xn, rows, cfg.hidden, cfg.norm_eps)?;
+    linear(gpu, &w.up, &sc.xn, &mut sc.act, rows)?;
+    match (&w.gate, sc.gate.as_mut()) {
+        (None, _) => fw::relu(gpu, &mut sc.act, rows * width),
+        (Some(gw), Some(gbuf)) => {
+            if gw.out != width {
+                return Err(FaspError::Cuda(format!("gate has {} rows, up {width}", gw.out)));
+            }
+            linear(gpu, gw, &sc.xn, gbuf, rows)?;
+            fw::silu_mul_into_up(gpu, gbuf, &mut sc.act, rows * width)
+        }
+        (Some(_), None) => Err(FaspError::Cuda("MLP scratch allocated without a gate buffer".into())),
+    }
+}
+
+/// The rotary frequencies exactly as the CPU computes them (`forward::rope`).
+pub fn inv_freq(cfg: &ModelConfig) -> Vec<f32> {
+    let hd = cfg.head_dim;
+    (0..hd / 2).map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f32 / hd as f32)).collect()
+}

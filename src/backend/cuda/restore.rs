@@ -1,0 +1,247 @@
+//! Restoration on the device (FASP-SPEC §6), composed from the wrappers (safe Rust only):
+//!
+//! ```text
+//! A = H[S,S]                      (fasp_gather_submatrix_f32, kept pristine for retries)
+//! M = W2[:,P] · H[P,S]            (fasp_gather_cols_f32 + fasp_gather_submatrix_f32 + cuBLAS sgemm)
+//! loop: A' = A + λI, λ = damp·mean(diag H[S,S])   (mean taken on the host in f64, as the CPU)
+//!       factor A'                 (blocked kernels, or cuSOLVER spotrf on request)
+//!       info ≠ 0 → damp *= 10, retry (≤ MAX_RETRIES)
+//! Y = M (H_SS + λI)⁻¹             (fasp_cholesky_solve_lower + _upper over the rows of M, or spotrs)
+//! W2' = W2[:,S] + Y               (fasp_add_f32), checked finite on the device
+//! ```
+//!
+//! The factorisation is fp32 (the CPU reference is f64); λ, the damping and the retries are
+//! decided exactly as on the CPU. `restore_batch` runs the same sequence for several problems
+//! with one launch sequence per step (matrices padded to a common size with an identity block).
+
+use super::cholesky::{self, Batch, Potrf, Trailing};
+use super::compact::{gather_cols, gather_submatrix, upload_idx};
+use super::context::Gpu;
+use super::forward as fw;
+use super::{blas, Solver};
+use crate::error::Result;
+use crate::prune::restore::{no_restore, Restored, MAX_RETRIES};
+use crate::tensor::{Gram, Mat};
+use cudarc::driver::CudaSlice;
+
+/// `mean(diag H[S,S])` in f64, and the CPU's early exits (non-finite; all kept channels dead).
+fn mean_diag(h: &Gram, s: &[usize]) -> Result<Option<f64>, String> {
+    let m = s.iter().map(|&j| h.get(j, j)).sum::<f64>() / s.len() as f64;
+    if !m.is_finite() {
+        return Err("statistics H are not finite".into());
+    }
+    Ok((m > 0.0).then_some(m))
+}
+
+fn failed_msg(damp_used: f64) -> String {
+    format!("Cholesky of H[S,S] + λI failed after {MAX_RETRIES} damping escalations (last damp {})", damp_used / 10.0)
+}
+
+/// `W2' = W2[:,S] + W2[:,P]·H[P,S]·(H[S,S] + λI)⁻¹` on the device; errors are worded like the
+/// CPU's (`prune::restore::restore`), device failures are prefixed "CUDA:".
+pub fn restore(gpu: &Gpu, w2: &Mat, h: &Gram, s: &[usize], p: &[usize], damp: f64, solver: Solver) -> Result<Restored, String> {
+    if p.is_empty() {
+        return Ok(no_restore(w2, s, damp));
+    }
+    let Some(mean) = mean_diag(h, s)? else {
+        return Ok(no_restore(w2, s, damp));
+    };
+    run(gpu, w2, h, s, p, damp, mean, solver).map_err(|e| e.to_string())?
+}
+
+#[allow(clippy::too_many_arguments)]
+fn run(gpu: &Gpu, w2: &Mat, h: &Gram, s: &[usize], p: &[usize], damp: f64, mean: f64, solver: Solver) -> Result<Result<Restored, String>> {
+    let (rows, n, ns, np) = (w2.rows, h.n, s.len(), p.len());
+    let h32: Vec<f32> = h.data.iter().map(|&v| v as f32).collect();
+    let dh = gpu.upload(&h32, "H")?;
+    drop(h32);
+    let dw = gpu.upload(&w2.data, "W2")?;
+    let (ds, dp) = (upload_idx(gpu, s, "S")?, upload_idx(gpu, p, "P")?);
+    let mut hss = gpu.alloc::<f32>(ns * ns, "H[S,S]")?;
+    gather_submatrix(gpu, &dh, n, &ds, ns, &ds, ns, &mut hss)?;
+    let mut m = {
+        let mut hps = gpu.alloc::<f32>(np * ns, "H[P,S]")?;
+        gather_submatrix(gpu, &dh, n, &dp, np, &ds, ns, &mut hps)?;
+        let mut w2p = gpu.alloc::<f32>(rows * np, "W2[:,P]")?;
+        gather_cols(gpu, &dw, rows, w2.cols, &dp, np, &mut w2p)?;
+        let mut m = gpu.alloc::<f32>(rows * ns, "W2[:,P]·H[P,S]")?;
+        blas::matmul(gpu, &w2p, &hps, &mut m, rows, np, ns)?;
+        m
+    };
+    drop(dh);
+    let mut a = gpu.alloc::<f32>(ns * ns, "H[S,S] + λI")?;
+    let mut info = gpu.alloc::<i32>(1, "Cholesky info")?;
+    let shape = Batch::dense(ns, 1);
+    let mut potrf = match solver {
+        Solver::Cusolver => Some(Potrf::new(gpu, &mut a, ns)?),
+        _ => None,
+    };
+    let mut damp_used = damp;
+    for retry in 0..=MAX_RETRIES {
+        let lambda = damp_used * mean;
+        gpu.stream.memcpy_dtod(&hss, &mut a).map_err(|e| super::context::driver_err("copy of H[S,S]", e))?;
+        cholesky::add_diag(gpu, &mut a, shape, lambda as f32)?;
+        let ok = match (&mut potrf, solver) {
+            (Some(pf), _) => {
+                pf.factor(gpu, &mut a)?;
+                gpu.download(&pf.info, 1, "potrf info")?[0] == 0
+            }
+            (None, Solver::KernelsCublasTrailing) => {
+                cholesky::factor(gpu, &mut a, shape, &mut info, Trailing::Cublas)?;
+                cholesky::read_info(gpu, &info, 1)?[0] == 0
+            }
+            (None, _) => {
+                cholesky::factor(gpu, &mut a, shape, &mut info, Trailing::Kernel)?;
+                cholesky::read_info(gpu, &info, 1)?[0] == 0
+            }
+        };
+        // a finite positive pivot everywhere gives a finite factor, but check as the CPU does
+        if ok && lower_finite(gpu, &a, ns)? {
+            match &mut potrf {
+                Some(pf) => pf.solve(gpu, &a, &mut m, rows)?,
+                None => {
+                    cholesky::solve_lower(gpu, &a, shape, &mut m, rows, ns, 0)?;
+                    cholesky::solve_upper(gpu, &a, shape, &mut m, rows, ns, 0)?;
+                }
+            }
+            let mut out = gpu.alloc::<f32>(rows * ns, "W2'")?;
+            gather_cols(gpu, &dw, rows, w2.cols, &ds, ns, &mut out)?;
+            fw::add_assign(gpu, &mut out, &m, rows * ns)?;
+            if !fw::all_finite(gpu, &out, rows * ns)? {
+                return Ok(Err("restored weights are not finite".into()));
+            }
+            let data = gpu.download(&out, rows * ns, "W2'")?;
+            return Ok(Ok(Restored { w2: Mat::from_vec(rows, ns, data), lambda: Some(lambda), damp: damp_used, retries: retry }));
+        }
+        damp_used *= 10.0;
+    }
+    Ok(Err(failed_msg(damp_used)))
+}
+
+/// Whether the factor is finite (the strict upper triangle holds finite H values, so the whole
+/// matrix can be checked).
+fn lower_finite(gpu: &Gpu, a: &CudaSlice<f32>, n: usize) -> Result<bool> {
+    fw::all_finite(gpu, a, n * n)
+}
+
+/// One restoration problem of a batch.
+pub struct Problem<'a> {
+    pub w2: &'a Mat,
+    pub h: &'a Gram,
+    pub s: &'a [usize],
+    pub p: &'a [usize],
+    pub damp: f64,
+}
+
+/// Restores several problems with one launch sequence per step: each `H[S,S]` is padded to the
+/// largest `|S|` with an identity block (its factor is `[[L,0],[0,I]]`, and zero right-hand-side
+/// columns stay zero), factored as one batch, and solved as one batch. Problems whose
+/// factorisation fails are retried with damp ×10 (the others are kept), like the single path.
+pub fn restore_batch(gpu: &Gpu, probs: &[Problem], trailing: Trailing) -> Result<Vec<Result<Restored, String>>> {
+    let mut out: Vec<Option<Result<Restored, String>>> = vec![None; probs.len()];
+    let mut active: Vec<(usize, f64, f64)> = Vec::new(); // (problem, mean, damp used)
+    for (i, pr) in probs.iter().enumerate() {
+        if pr.p.is_empty() {
+            out[i] = Some(Ok(no_restore(pr.w2, pr.s, pr.damp)));
+            continue;
+        }
+        match mean_diag(pr.h, pr.s) {
+            Err(e) => out[i] = Some(Err(e)),
+            Ok(None) => out[i] = Some(Ok(no_restore(pr.w2, pr.s, pr.damp))),
+            Ok(Some(m)) => active.push((i, m, pr.damp)),
+        }
+    }
+    if active.is_empty() {
+        return Ok(out.into_iter().map(|o| o.expect("decided")).collect());
+    }
+    let nmax = active.iter().map(|&(i, _, _)| probs[i].s.len()).max().unwrap_or(0);
+    let rmax = active.iter().map(|&(i, _, _)| probs[i].w2.rows).max().unwrap_or(0);
+    let batch = active.len();
+    // padded A (H[S,S] with an identity block) built on the host; M = W2[:,P]·H[P,S] formed on the
+    // device per problem and packed into its padded slot
+    let mut a0 = vec![0.0f32; batch * nmax * nmax];
+    for (b, &(i, _, _)) in active.iter().enumerate() {
+        let s = probs[i].s;
+        let blk = &mut a0[b * nmax * nmax..(b + 1) * nmax * nmax];
+        for (r, &sr) in s.iter().enumerate() {
+            for (c, &sc) in s.iter().enumerate() {
+                blk[r * nmax + c] = probs[i].h.get(sr, sc) as f32;
+            }
+        }
+        for r in s.len()..nmax {
+            blk[r * nmax + r] = 1.0;
+        }
+    }
+    let mut m_all = gpu.zeros::<f32>(batch * rmax * nmax, "batched M")?;
+    for (b, &(i, _, _)) in active.iter().enumerate() {
+        let pr = &probs[i];
+        let (rows, ns, np) = (pr.w2.rows, pr.s.len(), pr.p.len());
+        let dw = gpu.upload(&pr.w2.data, "W2")?;
+        let dp = upload_idx(gpu, pr.p, "P")?;
+        let hps_host: Vec<f32> = pr.p.iter().flat_map(|&r| pr.s.iter().map(move |&c| pr.h.get(r, c) as f32)).collect();
+        let hps = gpu.upload(&hps_host, "H[P,S]")?;
+        let mut w2p = gpu.alloc::<f32>(rows * np, "W2[:,P]")?;
+        gather_cols(gpu, &dw, rows, pr.w2.cols, &dp, np, &mut w2p)?;
+        let mut m = gpu.alloc::<f32>(rows * ns, "M")?;
+        blas::matmul(gpu, &w2p, &hps, &mut m, rows, np, ns)?;
+        // pack rows of M (width ns) into the padded slot (width nmax)
+        let mh = gpu.download(&m, rows * ns, "M")?;
+        let mut packed = vec![0.0f32; rmax * nmax];
+        for r in 0..rows {
+            packed[r * nmax..r * nmax + ns].copy_from_slice(&mh[r * ns..(r + 1) * ns]);
+        }
+        let mut view = m_all.slice_mut(b * rmax * nmax..(b + 1) * rmax * nmax);
+        gpu.stream.memcpy_htod(&packed, &mut view).map_err(|e| super::context::driver_err("packing M", e))?;
+    }
+    let da0 = gpu.upload(&a0, "batched H[S,S]")?;
+    drop(a0);
+    let mut a = gpu.alloc::<f32>(batch * nmax * nmax, "batched A")?;
+    let mut info = gpu.alloc::<i32>(batch, "batched info")?;
+    let shape = Batch::dense(nmax, batch);
+    let mut retries: Vec<Option<u32>> = vec![None; batch];
+    let mut inf = vec![0i32; batch];
+    for pass in 0..=MAX_RETRIES {
+        // every pass refactors the whole batch; a problem that succeeded keeps its damp, so it
+        // succeeds again with the same λ (the kernels are deterministic)
+        gpu.stream.memcpy_dtod(&da0, &mut a).map_err(|e| super::context::driver_err("copy of H[S,S]", e))?;
+        let lam: Vec<f32> = active.iter().map(|&(_, mean, damp_used)| (damp_used * mean) as f32).collect();
+        let dlam = gpu.upload(&lam, "λ per matrix")?;
+        cholesky::add_diag_scaled(gpu, &mut a, shape, 1.0, &dlam)?;
+        cholesky::factor(gpu, &mut a, shape, &mut info, trailing)?;
+        inf = cholesky::read_info(gpu, &info, batch)?;
+        for b in 0..batch {
+            if inf[b] == 0 {
+                retries[b].get_or_insert(pass);
+            } else {
+                active[b].2 *= 10.0;
+            }
+        }
+        if inf.iter().all(|&v| v == 0) {
+            break;
+        }
+    }
+    cholesky::solve_lower(gpu, &a, shape, &mut m_all, rmax, nmax, rmax * nmax)?;
+    cholesky::solve_upper(gpu, &a, shape, &mut m_all, rmax, nmax, rmax * nmax)?;
+    let y = gpu.download(&m_all, batch * rmax * nmax, "batched Y")?;
+    for (b, &(i, mean, damp_used)) in active.iter().enumerate() {
+        let pr = &probs[i];
+        if inf[b] != 0 {
+            out[i] = Some(Err(failed_msg(damp_used)));
+            continue;
+        }
+        let ns = pr.s.len();
+        let mut w = pr.w2.gather_cols(pr.s);
+        for r in 0..pr.w2.rows {
+            for c in 0..ns {
+                w.data[r * ns + c] += y[b * rmax * nmax + r * nmax + c];
+            }
+        }
+        if !w.is_finite() {
+            out[i] = Some(Err("restored weights are not finite".into()));
+            continue;
+        }
+        let retry = retries[b].unwrap_or(0);
+        out[i] = Some(Ok(Restored { w2: w, lambda: Some(damp_used * mean), damp: damp_used, retries: retry }));
+    }
+    Ok(out.into_iter().map(|o| o.expect("decided")).collect())
+}

@@ -1,0 +1,157 @@
+//! Thin wrappers of `stats.cu`, and `GramAccumulator`, which builds the statistics of a pair
+//! (FASP-SPEC §4) on the device: for each chunk of calibration tokens `X[t][n]`,
+//! `H_chunk = XᵀX` by cuBLAS ssyrk in fp32 (lower triangle, then `fasp_stats_symmetrize_f32`),
+//! added into an fp64 running `H` (`fasp_stats_accumulate_f64`), and the column sums `Xᵀ1` by
+//! sgemv, added into fp64 sums likewise. Memory stays bounded by one chunk; `finish` downloads
+//! `H` as the f64 `Gram` of `PairStats`.
+
+use super::blas;
+use super::context::{c_int, cfg, grid_1d, launch, need, Gpu};
+use crate::backend::PairStats;
+use crate::error::Result;
+use crate::tensor::Gram;
+use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
+
+/// `fasp_stats_diag_f32`: `diag[i] = H[i][i]`.
+pub fn diag(gpu: &Gpu, h: &impl DevicePtr<f32>, n: usize, ldh: usize, out: &mut impl DevicePtrMut<f32>) -> Result<()> {
+    need(h, if n == 0 { 0 } else { (n - 1) * ldh + n }, "diag H")?;
+    need(out, n, "diag out")?;
+    if n == 0 {
+        return Ok(());
+    }
+    let (ph, _gh) = h.device_ptr(&gpu.stream);
+    let (po, _go) = out.device_ptr_mut(&gpu.stream);
+    let (cn, cl) = (c_int(n, "n")?, c_int(ldh, "ldh")?);
+    launch!(gpu, "stats", "fasp_stats_diag_f32", cfg((grid_1d(n, 256), 1, 1), (256, 1, 1)), [ph, cn, cl, po])
+}
+
+/// `fasp_stats_symmetrize_f32`: mirrors the lower triangle into the upper (`from_lower`) or back.
+pub fn symmetrize(gpu: &Gpu, h: &mut impl DevicePtrMut<f32>, n: usize, ldh: usize, from_lower: bool) -> Result<()> {
+    need(h, if n == 0 { 0 } else { (n - 1) * ldh + n }, "symmetrize H")?;
+    if n == 0 {
+        return Ok(());
+    }
+    let (ph, _gh) = h.device_ptr_mut(&gpu.stream);
+    let (cn, cl, fl) = (c_int(n, "n")?, c_int(ldh, "ldh")?, from_lower as i32);
+    let g = n.div_ceil(32) as u32;
+    launch!(gpu, "stats", "fasp_stats_symmetrize_f32", cfg((g, g, 1), (32, 8, 1)), [ph, cn, cl, fl])
+}
+
+/// `fasp_stats_accumulate_f64`: `acc += x` (fp64 += fp32).
+pub fn accumulate_f64(gpu: &Gpu, acc: &mut impl DevicePtrMut<f64>, x: &impl DevicePtr<f32>, n: usize) -> Result<()> {
+    need(acc, n, "accumulate acc")?;
+    need(x, n, "accumulate x")?;
+    if n == 0 {
+        return Ok(());
+    }
+    let (px, _gx) = x.device_ptr(&gpu.stream);
+    let (pa, _ga) = acc.device_ptr_mut(&gpu.stream);
+    let nn = n as i64;
+    launch!(gpu, "stats", "fasp_stats_accumulate_f64", cfg((grid_1d(n, 256), 1, 1), (256, 1, 1)), [pa, px, nn])
+}
+
+/// `fasp_stats_f64_to_f32`.
+pub fn f64_to_f32(gpu: &Gpu, src: &impl DevicePtr<f64>, dst: &mut impl DevicePtrMut<f32>, n: usize) -> Result<()> {
+    need(src, n, "f64_to_f32 src")?;
+    need(dst, n, "f64_to_f32 dst")?;
+    if n == 0 {
+        return Ok(());
+    }
+    let (ps, _gs) = src.device_ptr(&gpu.stream);
+    let (pd, _gd) = dst.device_ptr_mut(&gpu.stream);
+    let nn = n as i64;
+    launch!(gpu, "stats", "fasp_stats_f64_to_f32", cfg((grid_1d(n, 256), 1, 1), (256, 1, 1)), [ps, pd, nn])
+}
+
+/// Blocks of `fasp_stats_sumsq_partial_f32` (the partial buffer holds this many doubles).
+pub const SUMSQ_BLOCKS: usize = 1024;
+
+/// `Σ (a − b)²` over `n` values (`b` = None: `Σ a²`), in a fixed order: partial sums per block
+/// (`fasp_stats_sumsq_partial_f32`), then `fasp_stats_sum_f64`. Synchronises to read the result.
+pub fn sum_sq_diff(gpu: &Gpu, a: &impl DevicePtr<f32>, b: Option<&CudaSlice<f32>>, n: usize) -> Result<f64> {
+    need(a, n, "sumsq a")?;
+    if let Some(b) = b {
+        need(b, n, "sumsq b")?;
+    }
+    let mut partial = gpu.alloc::<f64>(SUMSQ_BLOCKS, "sumsq partial")?;
+    let mut out = gpu.alloc::<f64>(1, "sumsq out")?;
+    {
+        let (pa, _ga) = a.device_ptr(&gpu.stream);
+        let (pb, _gb) = match b {
+            Some(b) => {
+                let (p, g) = b.device_ptr(&gpu.stream);
+                (p, Some(g))
+            }
+            None => (0u64, None),
+        };
+        let (pp, _gp) = partial.device_ptr_mut(&gpu.stream);
+        let nn = n as i64;
+        launch!(gpu, "stats", "fasp_stats_sumsq_partial_f32", cfg((SUMSQ_BLOCKS as u32, 1, 1), (256, 1, 1)), [pa, pb, nn, pp])?;
+    }
+    {
+        let (pp, _gp) = partial.device_ptr(&gpu.stream);
+        let (po, _go) = out.device_ptr_mut(&gpu.stream);
+        let np = SUMSQ_BLOCKS as i32;
+        launch!(gpu, "stats", "fasp_stats_sum_f64", cfg((1, 1, 1), (256, 1, 1)), [pp, np, po])?;
+    }
+    Ok(gpu.download(&out, 1, "sumsq")?[0])
+}
+
+/// `H = Σ x xᵀ` and `Σ x` of a pair's input, accumulated chunk by chunk on the device.
+pub struct GramAccumulator {
+    pub n: usize,
+    pub tokens: usize,
+    acc: CudaSlice<f64>,
+    chunk: CudaSlice<f32>,
+    sum_acc: CudaSlice<f64>,
+    sum_chunk: CudaSlice<f32>,
+    ones: CudaSlice<f32>,
+}
+
+impl GramAccumulator {
+    /// For inputs of `n` columns in chunks of at most `max_rows` tokens.
+    pub fn new(gpu: &Gpu, n: usize, max_rows: usize) -> Result<GramAccumulator> {
+        Ok(GramAccumulator {
+            n,
+            tokens: 0,
+            acc: gpu.zeros::<f64>(n * n, "H (fp64 running sum)")?,
+            chunk: gpu.alloc::<f32>(n * n, "H (fp32 chunk)")?,
+            sum_acc: gpu.zeros::<f64>(n, "column sums")?,
+            sum_chunk: gpu.alloc::<f32>(n, "column sums (chunk)")?,
+            ones: gpu.upload(&vec![1.0f32; max_rows.max(1)], "ones")?,
+        })
+    }
+
+    /// Adds the chunk `x[rows][n]` (rows ≤ `max_rows`).
+    pub fn add(&mut self, gpu: &Gpu, x: &impl DevicePtr<f32>, rows: usize) -> Result<()> {
+        if rows == 0 {
+            return Ok(());
+        }
+        if rows > self.ones.len() {
+            return Err(crate::FaspError::Cuda(format!("Gram chunk of {rows} rows exceeds {}", self.ones.len())));
+        }
+        let n = self.n;
+        blas::syrk_xtx(gpu, x, &mut self.chunk, rows, n, 0.0)?;
+        symmetrize(gpu, &mut self.chunk, n, n, true)?;
+        accumulate_f64(gpu, &mut self.acc, &self.chunk, n * n)?;
+        blas::col_sums(gpu, x, &self.ones, &mut self.sum_chunk, rows, n)?;
+        accumulate_f64(gpu, &mut self.sum_acc, &self.sum_chunk, n)?;
+        self.tokens += rows;
+        Ok(())
+    }
+
+    /// The running `H` in fp32 (e.g. for a device-side restoration).
+    pub fn h_f32(&self, gpu: &Gpu) -> Result<CudaSlice<f32>> {
+        let mut h = gpu.alloc::<f32>(self.n * self.n, "H (fp32)")?;
+        f64_to_f32(gpu, &self.acc, &mut h, self.n * self.n)?;
+        Ok(h)
+    }
+
+    /// Downloads the statistics.
+    pub fn finish(self, gpu: &Gpu) -> Result<PairStats> {
+        let n = self.n;
+        let data = gpu.download(&self.acc, n * n, "H")?;
+        let col_sum = gpu.download(&self.sum_acc, n, "column sums")?;
+        Ok(PairStats { h: Gram { n, data }, col_sum, tokens: self.tokens })
+    }
+}

@@ -1,0 +1,155 @@
+//! Device copies of layer weights. `TensorCache` maps a host tensor (identified by its buffer
+//! address, length and 16 sampled values) to its device copy, so a tensor is uploaded once per
+//! layer however many pipeline steps use it. `prefetch` uploads the next layer on the copy stream
+//! through pinned staging buffers (one per tensor slot, reused from layer to layer), so the
+//! transfer overlaps the current layer's compute; cudarc's per-buffer events make the compute
+//! stream wait for a prefetched tensor before its first use. `end_layer` drops everything that
+//! was not prefetched for the next layer, so at most two layers are resident.
+
+use super::context::{driver_err, Gpu};
+use crate::error::Result;
+use crate::model::{LayerWeights, Linear, Norm};
+use cudarc::driver::{CudaSlice, PinnedHostSlice};
+use std::sync::Arc;
+
+/// Identity of a host buffer: address, length and sampled bit patterns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Fingerprint {
+    addr: usize,
+    len: usize,
+    sample: u64,
+}
+
+fn fingerprint(v: &[f32]) -> Fingerprint {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    if !v.is_empty() {
+        for i in 0..16 {
+            let j = i * (v.len() - 1) / 15;
+            h = (h ^ v[j].to_bits() as u64).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    Fingerprint { addr: v.as_ptr() as usize, len: v.len(), sample: h }
+}
+
+/// Device copies of host tensors for the current (and prefetched next) layer.
+#[derive(Default)]
+pub struct TensorCache {
+    entries: Vec<(Fingerprint, Arc<CudaSlice<f32>>)>,
+    prefetched: Vec<Fingerprint>,
+    staging: Vec<Option<PinnedHostSlice<f32>>>,
+    /// Bytes uploaded through the copy stream / the compute stream (for reports).
+    pub bytes_prefetched: usize,
+    pub bytes_uploaded: usize,
+}
+
+impl TensorCache {
+    fn find(&self, fp: Fingerprint) -> Option<Arc<CudaSlice<f32>>> {
+        self.entries.iter().find(|(f, _)| *f == fp).map(|(_, d)| d.clone())
+    }
+
+    /// The device copy of `v`, uploading it (compute stream) when not cached.
+    pub fn get(&mut self, gpu: &Gpu, v: &[f32], what: &str) -> Result<Arc<CudaSlice<f32>>> {
+        let fp = fingerprint(v);
+        if let Some(d) = self.find(fp) {
+            return Ok(d);
+        }
+        let d = Arc::new(gpu.upload(v, what)?);
+        self.bytes_uploaded += v.len() * 4;
+        self.entries.push((fp, d.clone()));
+        Ok(d)
+    }
+
+    pub fn linear(&mut self, gpu: &Gpu, l: &Linear, what: &str) -> Result<DevLinear> {
+        Ok(DevLinear {
+            w: self.get(gpu, &l.w.data, what)?,
+            b: l.b.as_ref().map(|b| self.get(gpu, b, what)).transpose()?,
+            out: l.w.rows,
+            inp: l.w.cols,
+        })
+    }
+
+    /// A tensor the pipeline made for this step only (restored `W2'`, kept W1 rows): uploaded
+    /// without caching, so a later buffer at the same host address can never alias it.
+    pub fn fresh_linear(gpu: &Gpu, l: &Linear, what: &str) -> Result<DevLinear> {
+        Ok(DevLinear {
+            w: Arc::new(gpu.upload(&l.w.data, what)?),
+            b: l.b.as_ref().map(|b| gpu.upload(b, what).map(Arc::new)).transpose()?,
+            out: l.w.rows,
+            inp: l.w.cols,
+        })
+    }
+
+    pub fn norm(&mut self, gpu: &Gpu, n: &Norm, what: &str) -> Result<DevNorm> {
+        Ok(DevNorm { w: self.get(gpu, &n.w, what)?, b: n.b.as_ref().map(|b| self.get(gpu, b, what)).transpose()? })
+    }
+
+    /// Starts uploading every tensor of `lw` on the copy stream through pinned staging buffers.
+    pub fn prefetch(&mut self, gpu: &Gpu, lw: &LayerWeights) -> Result<()> {
+        let tensors = layer_tensors(lw);
+        if self.staging.len() < tensors.len() {
+            self.staging.resize_with(tensors.len(), || None);
+        }
+        for (slot, v) in tensors.into_iter().enumerate() {
+            let fp = fingerprint(v);
+            if v.is_empty() || self.find(fp).is_some() {
+                self.prefetched.push(fp);
+                continue;
+            }
+            let stage = &mut self.staging[slot];
+            if stage.as_ref().is_none_or(|s| s.len() != v.len()) {
+                *stage = None; // waits for its last copy before freeing
+                // SAFETY: the buffer is fully written below before any copy reads it.
+                *stage = Some(unsafe { gpu.ctx.alloc_pinned::<f32>(v.len()) }.map_err(|e| driver_err("pinned staging buffer", e))?);
+            }
+            let stage = stage.as_mut().expect("staging buffer");
+            // waits until the previous upload from this buffer has finished, then fills it
+            stage.as_mut_slice().map_err(|e| driver_err("pinned staging buffer", e))?.copy_from_slice(v);
+            // SAFETY: written by the copy below before any use (cudarc orders the first use after it).
+            let mut d = unsafe { gpu.copy.alloc::<f32>(v.len()) }.map_err(|e| driver_err("prefetch allocation", e))?;
+            gpu.copy.memcpy_htod(&*stage, &mut d).map_err(|e| driver_err("prefetch upload", e))?;
+            self.bytes_prefetched += v.len() * 4;
+            self.entries.push((fp, Arc::new(d)));
+            self.prefetched.push(fp);
+        }
+        Ok(())
+    }
+
+    /// Ends a layer: keeps only what was prefetched for the next one.
+    pub fn end_layer(&mut self) {
+        let keep = std::mem::take(&mut self.prefetched);
+        self.entries.retain(|(f, _)| keep.contains(f));
+    }
+
+    pub fn clear(&mut self) {
+        self.entries.clear();
+        self.prefetched.clear();
+    }
+}
+
+/// Every tensor of a layer, in a fixed order (the staging slot of each).
+pub fn layer_tensors(lw: &LayerWeights) -> Vec<&[f32]> {
+    let mut t: Vec<&[f32]> = Vec::new();
+    for n in [&lw.attn_norm, &lw.mlp_norm] {
+        t.push(&n.w);
+        t.extend(n.b.as_deref());
+    }
+    for l in [&lw.q, &lw.k, &lw.v, &lw.o, &lw.up].into_iter().chain(lw.gate.as_ref()).chain([&lw.down]) {
+        t.push(&l.w.data);
+        t.extend(l.b.as_deref());
+    }
+    t
+}
+
+/// A `Linear` on the device: `w[out][inp]`, optional `b[out]`.
+pub struct DevLinear {
+    pub w: Arc<CudaSlice<f32>>,
+    pub b: Option<Arc<CudaSlice<f32>>>,
+    pub out: usize,
+    pub inp: usize,
+}
+
+/// A `Norm` on the device (LayerNorm with `b`, RMSNorm without).
+pub struct DevNorm {
+    pub w: Arc<CudaSlice<f32>>,
+    pub b: Option<Arc<CudaSlice<f32>>>,
+}
