@@ -46,6 +46,22 @@ pub fn pruned_energy(w2: &Mat, h: &Gram, p: &[usize]) -> f64 {
     sum.max(0.0)
 }
 
+/// `(err², err²_no_restore)` of a restoration done elsewhere (the CUDA backend), from its
+/// products: `b = W2[:,P]·H[P,S]` (row-major `[out, |S|]`) and the restored `W2'`; the same
+/// closed form as `restore` uses, `e0 − tr(B ΔWᵀ) − λ‖ΔW‖²`.
+pub fn restored_err2(w2: &Mat, h: &Gram, s: &[usize], p: &[usize], b: &[f32], w2_new: &Mat, lambda: f64) -> (f64, f64) {
+    let e0 = pruned_energy(w2, h, p);
+    let (mut b_dw, mut dw2) = (0.0f64, 0.0f64);
+    for i in 0..w2.rows {
+        for (k, &j) in s.iter().enumerate() {
+            let dw = w2_new.data[i * s.len() + k] as f64 - w2.data[i * w2.cols + j] as f64;
+            b_dw += b[i * s.len() + k] as f64 * dw;
+            dw2 += dw * dw;
+        }
+    }
+    ((e0 - b_dw - lambda * dw2).max(0.0), e0)
+}
+
 /// `W2[:,S]` without any update (`--no-restore`, or `P` empty).
 pub fn no_restore(w2: &Mat, h: &Gram, s: &[usize], p: &[usize], damp: f64) -> Restored {
     let e = pruned_energy(w2, h, p);
@@ -175,6 +191,10 @@ mod tests {
         // the closed form the pipeline records agrees with the direct trace
         assert!((r.err2.sqrt() - e_fit).abs() <= 1e-6 * e_fit, "{} vs {e_fit}", r.err2.sqrt());
         assert!((r.err2_no_restore.sqrt() - e_plain).abs() <= 1e-9 * e_plain);
+        // the form used for device restorations gives the same numbers from B and W2'
+        let b: Vec<f32> = (0..out).flat_map(|i| s.iter().map(move |&j| (i, j))).map(|(i, j)| p.iter().map(|&q| w2.data[i * n + q] as f64 * h.get(q, j)).sum::<f64>() as f32).collect();
+        let (e2, e0) = restored_err2(&w2, &h, &s, &p, &b, &r.w2, r.lambda.unwrap());
+        assert!((e2.sqrt() - e_fit).abs() <= 1e-3 * e_fit && (e0 - r.err2_no_restore).abs() <= 1e-12 * e0, "{e2} {e0}");
         let r2 = restore(&w2, &h, &s, &p, 0.3).unwrap();
         assert!((r2.err2.sqrt() - recon_error(&w2, &r2.w2, &s, &h)).abs() <= 1e-5 * e_plain, "with a large λ too");
     }

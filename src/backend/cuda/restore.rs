@@ -20,7 +20,7 @@ use super::context::Gpu;
 use super::forward as fw;
 use super::{blas, Solver};
 use crate::error::Result;
-use crate::prune::restore::{no_restore, Restored, MAX_RETRIES};
+use crate::prune::restore::{no_restore, restored_err2, Restored, MAX_RETRIES};
 use crate::tensor::{Gram, Mat};
 use cudarc::driver::CudaSlice;
 
@@ -30,7 +30,8 @@ fn mean_diag(h: &Gram, s: &[usize]) -> Result<Option<f64>, String> {
     if !m.is_finite() {
         return Err("statistics H are not finite".into());
     }
-    Ok((m > 0.0).then_some(m))
+    // a negative mean (an indefinite H) goes on to the factorisation, which fails, as on the CPU
+    Ok((m != 0.0).then_some(m))
 }
 
 fn failed_msg(damp_used: f64) -> String {
@@ -41,10 +42,10 @@ fn failed_msg(damp_used: f64) -> String {
 /// CPU's (`prune::restore::restore`), device failures are prefixed "CUDA:".
 pub fn restore(gpu: &Gpu, w2: &Mat, h: &Gram, s: &[usize], p: &[usize], damp: f64, solver: Solver) -> Result<Restored, String> {
     if p.is_empty() {
-        return Ok(no_restore(w2, s, damp));
+        return Ok(no_restore(w2, h, s, p, damp));
     }
     let Some(mean) = mean_diag(h, s)? else {
-        return Ok(no_restore(w2, s, damp));
+        return Ok(no_restore(w2, h, s, p, damp));
     };
     run(gpu, w2, h, s, p, damp, mean, solver).map_err(|e| e.to_string())?
 }
@@ -69,6 +70,8 @@ fn run(gpu: &Gpu, w2: &Mat, h: &Gram, s: &[usize], p: &[usize], damp: f64, mean:
         m
     };
     drop(dh);
+    // B = W2[:,P]·H[P,S] on the host too, for the reconstruction errors
+    let b_host = gpu.download(&m, rows * ns, "W2[:,P]·H[P,S]")?;
     let mut a = gpu.alloc::<f32>(ns * ns, "H[S,S] + λI")?;
     let mut info = gpu.alloc::<i32>(1, "Cholesky info")?;
     let shape = Batch::dense(ns, 1);
@@ -110,8 +113,9 @@ fn run(gpu: &Gpu, w2: &Mat, h: &Gram, s: &[usize], p: &[usize], damp: f64, mean:
             if !fw::all_finite(gpu, &out, rows * ns)? {
                 return Ok(Err("restored weights are not finite".into()));
             }
-            let data = gpu.download(&out, rows * ns, "W2'")?;
-            return Ok(Ok(Restored { w2: Mat::from_vec(rows, ns, data), lambda: Some(lambda), damp: damp_used, retries: retry }));
+            let w2_new = Mat::from_vec(rows, ns, gpu.download(&out, rows * ns, "W2'")?);
+            let (err2, err2_no_restore) = restored_err2(w2, h, s, p, &b_host, &w2_new, lambda);
+            return Ok(Ok(Restored { w2: w2_new, lambda: Some(lambda), damp: damp_used, retries: retry, err2, err2_no_restore }));
         }
         damp_used *= 10.0;
     }
@@ -142,12 +146,12 @@ pub fn restore_batch(gpu: &Gpu, probs: &[Problem], trailing: Trailing) -> Result
     let mut active: Vec<(usize, f64, f64)> = Vec::new(); // (problem, mean, damp used)
     for (i, pr) in probs.iter().enumerate() {
         if pr.p.is_empty() {
-            out[i] = Some(Ok(no_restore(pr.w2, pr.s, pr.damp)));
+            out[i] = Some(Ok(no_restore(pr.w2, pr.h, pr.s, pr.p, pr.damp)));
             continue;
         }
         match mean_diag(pr.h, pr.s) {
             Err(e) => out[i] = Some(Err(e)),
-            Ok(None) => out[i] = Some(Ok(no_restore(pr.w2, pr.s, pr.damp))),
+            Ok(None) => out[i] = Some(Ok(no_restore(pr.w2, pr.h, pr.s, pr.p, pr.damp))),
             Ok(Some(m)) => active.push((i, m, pr.damp)),
         }
     }
@@ -173,6 +177,7 @@ pub fn restore_batch(gpu: &Gpu, probs: &[Problem], trailing: Trailing) -> Result
         }
     }
     let mut m_all = gpu.zeros::<f32>(batch * rmax * nmax, "batched M")?;
+    let mut b_host: Vec<Vec<f32>> = Vec::with_capacity(batch);
     for (b, &(i, _, _)) in active.iter().enumerate() {
         let pr = &probs[i];
         let (rows, ns, np) = (pr.w2.rows, pr.s.len(), pr.p.len());
@@ -192,6 +197,7 @@ pub fn restore_batch(gpu: &Gpu, probs: &[Problem], trailing: Trailing) -> Result
         }
         let mut view = m_all.slice_mut(b * rmax * nmax..(b + 1) * rmax * nmax);
         gpu.stream.memcpy_htod(&packed, &mut view).map_err(|e| super::context::driver_err("packing M", e))?;
+        b_host.push(mh);
     }
     let da0 = gpu.upload(&a0, "batched H[S,S]")?;
     drop(a0);
@@ -241,7 +247,9 @@ pub fn restore_batch(gpu: &Gpu, probs: &[Problem], trailing: Trailing) -> Result
             continue;
         }
         let retry = retries[b].unwrap_or(0);
-        out[i] = Some(Ok(Restored { w2: w, lambda: Some(damp_used * mean), damp: damp_used, retries: retry }));
+        let lambda = damp_used * mean;
+        let (err2, err2_no_restore) = restored_err2(pr.w2, pr.h, pr.s, pr.p, &b_host[b], &w, lambda);
+        out[i] = Some(Ok(Restored { w2: w, lambda: Some(lambda), damp: damp_used, retries: retry, err2, err2_no_restore }));
     }
     Ok(out.into_iter().map(|o| o.expect("decided")).collect())
 }
