@@ -48,9 +48,6 @@ struct SweepArgs {
     /// Model: an HF directory or a .gguf file.
     #[arg(long)]
     model: PathBuf,
-    /// Calibration text or .npy token ids (as for prune).
-    #[arg(long)]
-    calib: PathBuf,
     /// Evaluation set, as NAME=FILE or FILE (repeatable; text or .npy).
     #[arg(long = "eval", required = true)]
     evals: Vec<String>,
@@ -60,18 +57,8 @@ struct SweepArgs {
     /// Comma-separated sparsities in [0, 1).
     #[arg(long, default_value = "0.1,0.2,0.3")]
     sparsities: String,
-    /// Calibration windows [default: 128].
-    #[arg(long)]
-    nsamples: Option<usize>,
-    /// Calibration window length [default: 2048].
-    #[arg(long)]
-    seqlen: Option<usize>,
-    /// Seed of the calibration sampler and of the random method.
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// FASP relative damping.
-    #[arg(long, default_value_t = 0.01)]
-    damp: f64,
+    #[command(flatten)]
+    calib: CalibArgs,
     /// Evaluation window length.
     #[arg(long, default_value_t = 2048)]
     eval_seqlen: usize,
@@ -103,11 +90,11 @@ fn sweep(a: SweepArgs) -> Result<()> {
         .collect::<Vec<_>>();
     let spec = SweepSpec {
         model: a.model,
-        calib: a.calib,
-        nsamples: a.nsamples,
-        seqlen: a.seqlen,
-        seed: a.seed,
-        damp: a.damp,
+        calib: a.calib.calib,
+        nsamples: a.calib.nsamples,
+        seqlen: a.calib.seqlen,
+        seed: a.calib.seed,
+        damp: a.calib.damp,
         methods,
         sparsities,
         evals: evals.clone(),
@@ -163,6 +150,28 @@ const BENCH_ABOUT: &str = "Time the prune pipeline on seeded synthetic weights o
     Scoring, selection, norms, rotary, softmax and the reconstruction-error diagnostic are not counted, so the \
     floor is a lower bound. Weight bytes: embeddings (and positions) and every layer run, in f16.";
 
+/// Calibration and FASP settings shared by `prune` and `sweep`.
+#[derive(Args)]
+struct CalibArgs {
+    /// Calibration data: a text file (tokenized with the model's tokenizer.json), or a .npy of
+    /// integer token ids: 2-D [N, L] windows used as they are, or a 1-D stream to sample from.
+    #[arg(long)]
+    calib: PathBuf,
+    /// Number of calibration windows sampled from a text or 1-D stream [default: 128].
+    #[arg(long)]
+    nsamples: Option<usize>,
+    /// Calibration window length in tokens [default: 2048].
+    #[arg(long)]
+    seqlen: Option<usize>,
+    /// Seed of the calibration sampler (and of the random method).
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Relative damping: lambda = damp * mean(diag(H[S,S])). Multiplied by 10 (at most 3 times)
+    /// when the Cholesky factorisation fails.
+    #[arg(long, default_value_t = 0.01)]
+    damp: f64,
+}
+
 #[derive(Args)]
 struct PruneArgs {
     /// Input model: an HF directory (config.json + model.safetensors or a sharded index) or a .gguf file.
@@ -174,23 +183,8 @@ struct PruneArgs {
     /// Fraction of the units of every pair to remove, in [0, 1). Pruned p = floor(n*s + 0.5).
     #[arg(long, default_value_t = 0.2)]
     sparsity: f64,
-    /// Calibration data: a text file (tokenized with the model's tokenizer.json), or a .npy of
-    /// integer token ids: 2-D [N, L] windows used as they are, or a 1-D stream to sample from.
-    #[arg(long)]
-    calib: PathBuf,
-    /// Number of calibration windows sampled from a text or 1-D stream [default: 128].
-    #[arg(long)]
-    nsamples: Option<usize>,
-    /// Calibration window length in tokens [default: 2048].
-    #[arg(long)]
-    seqlen: Option<usize>,
-    /// Seed of the calibration sampler (and of --method random).
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
-    /// Relative damping: lambda = damp * mean(diag(H[S,S])). Multiplied by 10 (at most 3 times)
-    /// when the Cholesky factorisation fails.
-    #[arg(long, default_value_t = 0.01)]
-    damp: f64,
+    #[command(flatten)]
+    calib: CalibArgs,
     /// Ablation: keep W2[:,S] as it is, without the least-squares restoration.
     #[arg(long)]
     no_restore: bool,
@@ -320,17 +314,17 @@ fn prune(a: PruneArgs) -> Result<()> {
     let job = PruneJob {
         model: a.model,
         out: a.out,
-        calib: a.calib,
-        nsamples: a.nsamples,
-        seqlen: a.seqlen,
-        calib_seed: a.seed,
+        calib: a.calib.calib,
+        nsamples: a.calib.nsamples,
+        seqlen: a.calib.seqlen,
+        calib_seed: a.calib.seed,
         prune: PruneConfig {
             sparsity: a.sparsity,
-            damp: a.damp,
+            damp: a.calib.damp,
             restore: !a.no_restore,
             skip_attn: a.skip_attn,
             method: a.method,
-            seed: a.seed,
+            seed: a.calib.seed,
         },
         device: a.device,
         dtype: a.dtype,
