@@ -7,7 +7,7 @@ use half::{bf16, f16};
 use memmap2::Mmap;
 use safetensors::tensor::Metadata;
 use safetensors::{Dtype, SafeTensors};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 /// Storage dtype of a tensor on disk (and of the written output).
@@ -168,8 +168,9 @@ fn dtype_of(d: Dtype) -> Option<DType> {
 
 impl TensorSource for SafetensorsSource {
     fn tensors(&self) -> Vec<(String, Vec<usize>)> {
-        let sorted: BTreeMap<_, _> = self.index.iter().collect();
-        sorted.into_iter().map(|(n, _)| (n.clone(), self.shape(n).unwrap_or_default())).collect()
+        let mut names: Vec<&String> = self.index.keys().collect();
+        names.sort();
+        names.into_iter().map(|n| (n.clone(), self.shape(n).unwrap_or_default())).collect()
     }
     fn shape(&self, name: &str) -> Option<Vec<usize>> {
         let s = &self.shards[*self.index.get(name)?];
