@@ -13,7 +13,7 @@
 #       machine; these numbers are not comparable to the paper's GPU times.
 #
 # Overrides: SHAPES="opt-125m llama-7b", NSAMPLES, SEQLEN, SPARSITY, LAYERS (first N layers only),
-# BUDGET_S, CARGO_TARGET_DIR.
+# BUDGET_S, CARGO_TARGET_DIR, FASP_BIN (a prebuilt binary; then nothing is compiled).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,8 +27,11 @@ while [ $# -gt 0 ]; do
     esac
 done
 
-cargo build --release --locked --quiet
-bin="${CARGO_TARGET_DIR:-target}/release/fasp-engine"
+# A GPU machine has no Rust: there, pass a binary built here (FASP_BIN=gpu-bundle/fasp-engine).
+bin="${FASP_BIN:-${CARGO_TARGET_DIR:-target}/release/fasp-engine}"
+if [ -z "${FASP_BIN:-}" ]; then
+    cargo build --release --locked --quiet
+fi
 
 if [ -z "$device" ]; then
     if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 \
