@@ -497,14 +497,7 @@ pub fn calibration_ids(vocab: usize, nsamples: usize, seqlen: usize, seed: u64) 
 }
 
 fn progress_bar(layers: usize, label: &str) -> indicatif::ProgressBar {
-    let pb = indicatif::ProgressBar::new(layers as u64);
-    pb.set_style(
-        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] layer {pos}/{len} {elapsed_precise} ETA {eta}")
-            .expect("valid template")
-            .progress_chars("=> "),
-    );
-    pb.set_message(format!("bench {label}"));
-    pb
+    crate::job::progress_bar(layers, &format!("bench {label}"))
 }
 
 /// The pipeline on `model`, each pruned layer going to `writer` or dropped.

@@ -86,10 +86,15 @@ pub struct PrunedRun {
     pub eval_seconds: f64,
 }
 
+/// A progress bar over layers (or, with `unit = "window"`, evaluation windows), with an ETA.
 pub fn progress_bar(len: usize, msg: &str) -> indicatif::ProgressBar {
+    progress_bar_of(len, msg, "layer")
+}
+
+pub fn progress_bar_of(len: usize, msg: &str, unit: &str) -> indicatif::ProgressBar {
     let pb = indicatif::ProgressBar::new(len as u64);
     pb.set_style(
-        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] layer {pos}/{len} {elapsed_precise} ETA {eta}")
+        indicatif::ProgressStyle::with_template(&format!("{{msg}} [{{bar:30}}] {unit} {{pos}}/{{len}} {{elapsed_precise}} ETA {{eta}}"))
             .expect("valid template")
             .progress_chars("=> "),
     );
@@ -273,15 +278,7 @@ pub fn run_eval(
     let model = Model::open(model_path)?;
     let ids = eval_ids(&model, tokens, seqlen, max_windows)?;
     let n = ids.len() / seqlen;
-    let pb = progress.then(|| {
-        let pb = indicatif::ProgressBar::new(n as u64);
-        pb.set_style(
-            indicatif::ProgressStyle::with_template("eval [{bar:30}] window {pos}/{len} {elapsed_precise} ETA {eta}")
-                .expect("valid template")
-                .progress_chars("=> "),
-        );
-        pb
-    });
+    let pb = progress.then(|| progress_bar_of(n, "eval", "window"));
     let r = crate::eval::perplexity(&model, &ids, seqlen, |w| {
         if let Some(pb) = &pb {
             pb.set_position(w as u64)
