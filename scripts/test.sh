@@ -9,4 +9,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -x scripts/setup-cuda.sh ]; then scripts/setup-cuda.sh; fi
 if [ -x scripts/fetch-assets.sh ]; then scripts/fetch-assets.sh; fi
-cargo test --locked "$@"
+# --show-output prints what passing tests said, so the GPU tests' SKIP lines are visible
+cargo test --locked "$@" -- --show-output
