@@ -281,13 +281,7 @@ impl ModelWriter {
     /// (dense-equivalent, compact) parameter counts of what was written, including the
     /// non-layer tensors of `model`.
     pub fn param_counts(&self, model: &Model) -> (usize, usize) {
-        let other: usize = model
-            .src
-            .tensors()
-            .iter()
-            .filter(|(n, _)| !n.contains("layers."))
-            .map(|(_, s)| s.iter().product::<usize>())
-            .sum();
+        let other = model.non_layer_param_count();
         (self.params_dense_equivalent + other, self.params_compact + other)
     }
 

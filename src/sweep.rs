@@ -98,7 +98,7 @@ pub fn run(spec: &SweepSpec, mut on_row: impl FnMut(&SweepRow)) -> Result<Vec<Sw
         on_row(&row);
         rows.push(row);
     }
-    let non_layer: usize = model.src.tensors().iter().filter(|(n, _)| !n.contains("layers.")).map(|(_, s)| s.iter().product::<usize>()).sum();
+    let non_layer = model.non_layer_param_count();
     for m in &spec.methods {
         for &s in &spec.sparsities {
             let opts = PruneConfig { sparsity: s, damp: spec.damp, restore: m.restore, skip_attn: false, method: m.method, seed: spec.seed };

@@ -233,6 +233,11 @@ impl Model {
         self.src.tensors().iter().map(|(_, s)| s.iter().product::<usize>()).sum()
     }
 
+    /// Parameters outside the decoder layers (embeddings, positions, final norm, untied head).
+    pub fn non_layer_param_count(&self) -> usize {
+        self.src.tensors().iter().filter(|(n, _)| !n.contains("layers.")).map(|(_, s)| s.iter().product::<usize>()).sum()
+    }
+
     /// The model's tokenizer as `tokenizer.json` text: the directory's file, or the one a GGUF
     /// carries. `None` when the model has none (calibration must then come as token ids).
     pub fn tokenizer_json(&self) -> Result<Option<String>> {

@@ -58,10 +58,7 @@ impl Method {
             acc
         };
         match self {
-            Method::Fasp => {
-                let l1 = col(&|w| w.abs() as f64);
-                (0..n).map(|j| stats.h.get(j, j).max(0.0).sqrt() * l1[j]).collect()
-            }
+            Method::Fasp => super::score::column_scores(w2, &stats.h.diag()),
             Method::WandaSp => {
                 let l1 = col(&|w| w.abs() as f64);
                 (0..n).map(|j| l1[j] / w2.rows as f64 * (stats.h.get(j, j).max(0.0) / t).sqrt()).collect()

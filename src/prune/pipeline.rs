@@ -140,7 +140,7 @@ fn prune_pair(
         let seed = opts.seed ^ ((layer as u64) << 8) ^ (kind as u64);
         opts.method.column_scores(w2, stats, seed)
     };
-    let scores: Vec<f64> = units.cols.iter().map(|c| c.iter().map(|&j| colscore[j]).sum()).collect();
+    let scores = super::score::unit_scores(&colscore, &units.cols);
     let kept_units = backend.top_k(&scores, k).map_err(pair_err)?;
     let mut rows: Vec<usize> = kept_units.iter().flat_map(|&u| units.rows[u].iter().copied()).collect();
     rows.sort_unstable();
