@@ -35,6 +35,8 @@ enum Cmd {
     Inspect(InspectArgs),
     /// Methods x sparsities on the same data: a perplexity table, a CSV and an SVG plot.
     Sweep(SweepArgs),
+    /// Merge the CSVs of several sweeps run with the same settings: tables, one CSV and the plots.
+    Report(ReportArgs),
     /// Write a .gguf (LLaMA) model as a dense HF directory (config.json, model.safetensors, tokenizer.json).
     Convert(ConvertArgs),
     /// Time the prune pipeline on seeded synthetic weights of a published OPT/LLaMA shape, with a
@@ -103,12 +105,57 @@ fn sweep(a: SweepArgs) -> Result<()> {
         device: a.device,
     };
     std::fs::create_dir_all(&a.out_dir).with_context(|| format!("creating {}", a.out_dir.display()))?;
+    // The CSV is rewritten after every row, so an interrupted sweep keeps what it measured
+    // (`fasp-engine report` merges it with a later sweep of the remaining methods).
+    let csv = a.out_dir.join("sweep.csv");
+    let mut so_far = Vec::new();
+    let mut csv_err = None;
     let rows = sweep::run(&spec, |r| {
         eprintln!("{:<16} s={:<5} {:<10} ppl {:.4}", r.method, r.sparsity, r.eval, r.ppl);
+        so_far.push(r.clone());
+        if let Err(e) = sweep::write_csv(&so_far, &csv) {
+            csv_err.get_or_insert(e);
+        }
     })?;
-    sweep::write_csv(&rows, &a.out_dir.join("sweep.csv"))?;
+    if let Some(e) = csv_err {
+        return Err(e.into());
+    }
+    sweep::write_csv(&rows, &csv)?;
     for (name, _) in &evals {
         println!("{name} (seqlen {}, windows {}):", spec.eval_seqlen, rows.iter().find(|r| &r.eval == name).map_or(0, |r| r.windows));
+        println!("{}", sweep::table(&rows, name));
+        sweep::plot_svg(&rows, name, &a.out_dir.join(format!("sweep-{name}.svg")))?;
+    }
+    println!("wrote {}", a.out_dir.display());
+    Ok(())
+}
+
+#[derive(Args)]
+struct ReportArgs {
+    /// A sweep.csv (repeatable). Rows measured twice must agree, so sweeps with different settings
+    /// are refused rather than mixed.
+    #[arg(long = "csv", required = true)]
+    csvs: Vec<PathBuf>,
+    /// Where to write the merged sweep.csv and one sweep-NAME.svg per evaluation set.
+    #[arg(long, default_value = "sweep-out")]
+    out_dir: PathBuf,
+}
+
+fn report(a: ReportArgs) -> Result<()> {
+    use fasp_engine::sweep;
+    let sets = a.csvs.iter().map(|p| sweep::read_csv(p)).collect::<Result<Vec<_>, _>>()?;
+    let rows = sweep::merge(sets)?;
+    let mut evals: Vec<&str> = Vec::new();
+    for r in &rows {
+        if !evals.contains(&r.eval.as_str()) {
+            evals.push(&r.eval);
+        }
+    }
+    std::fs::create_dir_all(&a.out_dir).with_context(|| format!("creating {}", a.out_dir.display()))?;
+    sweep::write_csv(&rows, &a.out_dir.join("sweep.csv"))?;
+    for name in evals {
+        let Some(r0) = rows.iter().find(|r| r.eval == name) else { continue };
+        println!("{name} (seqlen {}, windows {}):", r0.seqlen, r0.windows);
         println!("{}", sweep::table(&rows, name));
         sweep::plot_svg(&rows, name, &a.out_dir.join(format!("sweep-{name}.svg")))?;
     }
@@ -483,6 +530,7 @@ fn main() -> ExitCode {
         Cmd::Eval(a) => eval(a),
         Cmd::Inspect(a) => inspect(a),
         Cmd::Sweep(a) => sweep(a),
+        Cmd::Report(a) => report(a),
         Cmd::Convert(a) => job::run_convert(&a.gguf, &a.out, a.dtype, a.force).map(|n| {
             println!("wrote {} ({n} parameters)", a.out.display());
         }).map_err(Into::into),

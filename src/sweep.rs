@@ -134,7 +134,12 @@ pub fn write_csv(rows: &[SweepRow], path: &Path) -> Result<()> {
     for r in rows {
         s += &format!("{},{},{},{:.6},{},{},{},{:.3}\n", r.method, r.sparsity, r.eval, r.ppl, r.windows, r.seqlen, r.params, r.prune_seconds);
     }
-    std::fs::write(path, s).map_err(|e| FaspError::io(path, e))
+    // written beside the target and renamed, so a reader never sees half a file
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, s).map_err(|e| FaspError::io(&tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| FaspError::io(path, e))
 }
 
 /// A table with one row per method and one column per sparsity, for one eval set.
@@ -211,4 +216,73 @@ pub fn plot_svg(rows: &[SweepRow], eval: &str, path: &Path) -> Result<()> {
     chart.configure_series_labels().border_style(BLACK).background_style(WHITE).draw().map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))?;
     Ok(())
+}
+
+/// Reads a CSV that [`write_csv`] wrote.
+pub fn read_csv(path: &Path) -> Result<Vec<SweepRow>> {
+    let text = std::fs::read_to_string(path).map_err(|e| FaspError::io(path, e))?;
+    let bad = |line: usize, msg: &str| FaspError::Arg(format!("{}:{line}: {msg}", path.display()));
+    let mut lines = text.lines().enumerate();
+    match lines.next() {
+        Some((_, h)) if h.trim() == "method,sparsity,eval,ppl,windows,seqlen,params,prune_seconds" => {}
+        _ => return Err(bad(1, "not a sweep CSV (expected the header method,sparsity,eval,ppl,windows,seqlen,params,prune_seconds)")),
+    }
+    let mut rows = Vec::new();
+    for (i, line) in lines {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let f: Vec<&str> = line.split(',').collect();
+        if f.len() != 8 {
+            return Err(bad(i + 1, &format!("expected 8 fields, found {}", f.len())));
+        }
+        let num = |k: usize, what: &str| -> Result<f64> {
+            f[k].trim().parse::<f64>().ok().filter(|v| v.is_finite()).ok_or_else(|| bad(i + 1, &format!("bad {what} {:?}", f[k])))
+        };
+        let int = |k: usize, what: &str| -> Result<usize> { f[k].trim().parse::<usize>().map_err(|_| bad(i + 1, &format!("bad {what} {:?}", f[k]))) };
+        rows.push(SweepRow {
+            method: f[0].trim().to_string(),
+            sparsity: num(1, "sparsity")?,
+            eval: f[2].trim().to_string(),
+            ppl: num(3, "perplexity")?,
+            windows: int(4, "window count")?,
+            seqlen: int(5, "seqlen")?,
+            params: int(6, "parameter count")?,
+            prune_seconds: num(7, "prune time")?,
+        });
+    }
+    Ok(rows)
+}
+
+/// Merges the rows of several sweeps run with the same settings. A (method, sparsity, eval) row
+/// that appears twice must agree (perplexity to 1e-6 relative, windows, seqlen, parameters), and
+/// every evaluation set must have one window count and seqlen: otherwise the runs did not measure
+/// the same thing and merging them is an error. Rows come out in the method order of `--methods`'
+/// default (dense first), then by sparsity.
+pub fn merge(sets: Vec<Vec<SweepRow>>) -> Result<Vec<SweepRow>> {
+    let mut out: Vec<SweepRow> = Vec::new();
+    for r in sets.into_iter().flatten() {
+        if let Some(o) = out.iter().find(|o| o.eval == r.eval && (o.windows != r.windows || o.seqlen != r.seqlen)) {
+            return Err(FaspError::Arg(format!(
+                "evaluation set {:?} was measured on {} windows of {} in one sweep and {} windows of {} in another",
+                r.eval, o.windows, o.seqlen, r.windows, r.seqlen
+            )));
+        }
+        let same = |o: &SweepRow| o.method == r.method && o.eval == r.eval && (o.sparsity == r.sparsity || r.method == "dense");
+        match out.iter().find(|o| same(o)) {
+            Some(o) => {
+                if (o.ppl - r.ppl).abs() > 1e-6 * o.ppl.abs().max(1.0) || o.params != r.params {
+                    return Err(FaspError::Arg(format!(
+                        "{} at {} on {:?} differs between sweeps (perplexity {} vs {}, parameters {} vs {}): were they run with the same settings?",
+                        r.method, r.sparsity, r.eval, o.ppl, r.ppl, o.params, r.params
+                    )));
+                }
+            }
+            None => out.push(r),
+        }
+    }
+    const ORDER: [&str; 7] = ["dense", "fasp", "fasp-no-restore", "wanda-sp", "flap", "magnitude", "random"];
+    let rank = |m: &str| ORDER.iter().position(|o| *o == m).unwrap_or(ORDER.len());
+    out.sort_by(|a, b| rank(&a.method).cmp(&rank(&b.method)).then(a.sparsity.total_cmp(&b.sparsity)));
+    Ok(out)
 }

@@ -234,3 +234,27 @@ fn never_overwrites_the_input_model() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("refusing to write over the input model"));
     assert_eq!(std::fs::read(m.join("model.safetensors")).unwrap(), before);
 }
+
+#[test]
+fn report_merges_sweeps_and_refuses_mismatched_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let head = "method,sparsity,eval,ppl,windows,seqlen,params,prune_seconds\n";
+    let a = dir.path().join("a.csv");
+    let b = dir.path().join("b.csv");
+    let c = dir.path().join("c.csv");
+    std::fs::write(&a, format!("{head}dense,0,wiki,26.8,8,256,100,0\nfasp,0.1,wiki,32.0,8,256,90,4.0\n")).unwrap();
+    std::fs::write(&b, format!("{head}dense,0,wiki,26.8,8,256,100,0\nflap,0.1,wiki,32.9,8,256,91,3.0\n")).unwrap();
+    std::fs::write(&c, format!("{head}dense,0,wiki,27.5,8,256,100,0\n")).unwrap();
+    let out_dir = dir.path().join("merged");
+    let o = run(&["report", "--csv", a.to_str().unwrap(), "--csv", b.to_str().unwrap(), "--out-dir", out_dir.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let table = String::from_utf8_lossy(&o.stdout);
+    assert!(table.contains("| fasp | 32.000 |") && table.contains("| flap | 32.900 |"), "{table}");
+    assert_eq!(std::fs::read_to_string(out_dir.join("sweep.csv")).unwrap().lines().count(), 4);
+    assert!(std::fs::read_to_string(out_dir.join("sweep-wiki.svg")).unwrap().contains("flap"));
+
+    let o = run(&["report", "--csv", a.to_str().unwrap(), "--csv", c.to_str().unwrap(), "--out-dir", dir.path().join("x").to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success() && err.contains("differs between sweeps") && !err.contains("panicked"), "{err}");
+    assert!(!dir.path().join("x").join("sweep.csv").exists());
+}

@@ -107,3 +107,48 @@ fn sweep_writes_a_table_csv_and_plot() {
     assert!(table.contains("| fasp |") && table.contains("10%") && table.contains("30%"));
     assert!(SweepMethod::parse("sparsegpt").is_err());
 }
+
+fn row(method: &str, sparsity: f64, eval: &str, ppl: f64, windows: usize) -> fasp_engine::sweep::SweepRow {
+    fasp_engine::sweep::SweepRow { method: method.into(), sparsity, eval: eval.into(), ppl, windows, seqlen: 256, params: 1000 - (sparsity * 100.0) as usize, prune_seconds: 1.5 }
+}
+
+#[test]
+fn sweep_csvs_round_trip_and_merge_only_when_they_agree() {
+    use fasp_engine::sweep;
+    let dir = tempfile::tempdir().unwrap();
+    let a = vec![row("dense", 0.0, "wiki", 26.825899, 8), row("flap", 0.1, "wiki", 32.933925, 8), row("fasp", 0.1, "wiki", 32.031032, 8)];
+    let b = vec![row("dense", 0.0, "wiki", 26.825899, 8), row("fasp", 0.2, "wiki", 41.5, 8), row("fasp", 0.1, "wiki", 32.031032, 8)];
+    sweep::write_csv(&a, &dir.path().join("a.csv")).unwrap();
+    let back = sweep::read_csv(&dir.path().join("a.csv")).unwrap();
+    assert_eq!(back.len(), 3);
+    assert!(back.iter().zip(&a).all(|(x, y)| x.method == y.method && x.sparsity == y.sparsity && (x.ppl - y.ppl).abs() < 1e-6 && x.params == y.params));
+    assert!(!dir.path().join("a.csv.tmp").exists(), "the temporary file is renamed into place");
+
+    let m = sweep::merge(vec![a.clone(), b.clone()]).unwrap();
+    let keys: Vec<(String, f64)> = m.iter().map(|r| (r.method.clone(), r.sparsity)).collect();
+    assert_eq!(keys, vec![("dense".into(), 0.0), ("fasp".into(), 0.1), ("fasp".into(), 0.2), ("flap".into(), 0.1)], "one row per measurement, in method order");
+
+    // the same measurement with another result: the sweeps did not use the same settings
+    let mut c = b.clone();
+    c[2].ppl = 33.0;
+    assert!(sweep::merge(vec![a.clone(), c]).unwrap_err().to_string().contains("differs between sweeps"));
+    let mut d = b.clone();
+    d[0].ppl = 27.0;
+    assert!(sweep::merge(vec![a.clone(), d]).is_err(), "another dense perplexity means other evaluation windows");
+    let e: Vec<_> = b.iter().map(|r| fasp_engine::sweep::SweepRow { windows: 16, ..r.clone() }).collect();
+    assert!(sweep::merge(vec![a, e]).unwrap_err().to_string().contains("windows"));
+
+    // malformed files are refused with the line
+    for (name, text, expect) in [
+        ("h.csv", "a,b\n", "not a sweep CSV"),
+        ("f.csv", "method,sparsity,eval,ppl,windows,seqlen,params,prune_seconds\nfasp,0.1,wiki\n", ":2: expected 8 fields"),
+        ("n.csv", "method,sparsity,eval,ppl,windows,seqlen,params,prune_seconds\nfasp,0.1,wiki,NaN,8,256,10,1.0\n", "bad perplexity"),
+        ("w.csv", "method,sparsity,eval,ppl,windows,seqlen,params,prune_seconds\nfasp,0.1,wiki,30,-8,256,10,1.0\n", "bad window count"),
+    ] {
+        let p = dir.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        let err = sweep::read_csv(&p).unwrap_err().to_string();
+        assert!(err.contains(expect), "{name}: {err}");
+    }
+    assert!(sweep::read_csv(&dir.path().join("missing.csv")).is_err());
+}
