@@ -37,8 +37,8 @@ pub fn window_nll(logits: &Mat, ids: &[u32]) -> f64 {
     let mut nll = 0.0f64;
     for t in 0..ids.len() - 1 {
         let row = logits.row(t);
-        let m = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-        let sum: f64 = row.iter().map(|&x| ((x - m) as f64).exp()).sum();
+        let m = crate::math::max(row);
+        let sum = crate::math::sum_exp_f64(row, m);
         let logp = (row[ids[t + 1] as usize] - m) as f64 - sum.ln();
         nll -= logp;
     }

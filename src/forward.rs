@@ -8,6 +8,7 @@
 //! Attention works on any subset of V rows (`v_units`), which is how a FASP compact layer
 //! (different value widths per KV head) runs through the same code as a dense one.
 
+use crate::math;
 use crate::model::arch::ctx_layout;
 use crate::model::{Family, LayerWeights, Linear, ModelConfig, Norm};
 use crate::tensor::{linear, Mat};
@@ -129,19 +130,7 @@ pub fn attention(cfg: &ModelConfig, q: &Mat, k: &Mat, v: &Mat, v_units: &[usize]
                 for r in 0..b1 - b0 {
                     let i = b0 + r; // this row's position: it sees keys 0..=i
                     let row = s.row_mut(r);
-                    let m = row[..=i].iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-                    let mut sum = 0.0f32;
-                    for x in row[..=i].iter_mut() {
-                        // exp below e^-80 (< 2e-35 of the row's largest term) is flushed to zero:
-                        // it cannot change the f32 result, and glibc's expf takes a slow path for
-                        // underflowing arguments (measured: it dominated the whole forward pass)
-                        let d = *x - m;
-                        *x = if d < -80.0 { 0.0 } else { d.exp() };
-                        sum += *x;
-                    }
-                    for x in row[..=i].iter_mut() {
-                        *x /= sum;
-                    }
+                    math::softmax(&mut row[..=i]);
                     row[i + 1..].fill(0.0);
                 }
                 matmul(ctx.view_mut().subrows_mut(b0, b1 - b0), Accum::Replace, s.view(), vh.view().subrows(0, b1), 1.0f32, Par::Seq);
@@ -188,7 +177,7 @@ pub fn mlp_act(cfg: &ModelConfig, lw: &LayerWeights, h: &Mat) -> Mat {
         Some(gate) => {
             let g = linear(&x, &gate.w, gate.b.as_deref());
             for (u, &gv) in up.data.iter_mut().zip(&g.data) {
-                *u *= gv / (1.0 + (-gv).exp());
+                *u *= gv / (1.0 + math::exp(-gv));
             }
         }
     }

@@ -18,6 +18,7 @@ pub mod forward;
 pub mod gguf;
 pub mod gguf_model;
 pub mod job;
+pub mod math;
 pub mod kernels;
 pub mod model;
 pub mod output;
