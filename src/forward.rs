@@ -202,15 +202,12 @@ pub fn logits(cfg: &ModelConfig, final_norm: &Norm, head: &Mat, h: &Mat) -> Mat 
 mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
-    use serde_json::json;
 
     /// The block-causal attention against a plain full-matrix one, over windows that span several
     /// blocks and end in a partial one, with GQA and a pruned (non-contiguous) set of V units.
     #[test]
     fn block_causal_attention_equals_the_full_masked_product() {
-        let cfg = ModelConfig::from_json(json!({"model_type":"llama","hidden_size":64,"num_hidden_layers":1,
-            "num_attention_heads":4,"num_key_value_heads":2,"head_dim":8,"intermediate_size":32,"vocab_size":10}))
-        .unwrap();
+        let cfg = crate::model::config::tiny_gqa_config();
         let (seqlen, windows, hd) = (2 * ATTN_BLOCK + 22, 2, 8);
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
         let mut rand_mat = |r: usize, c: usize| {

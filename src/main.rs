@@ -6,7 +6,7 @@ use clap::{Args, Parser, Subcommand};
 use fasp_engine::job::{self, Device, PruneJob};
 use fasp_engine::model::{DType, Model};
 use fasp_engine::prune::{Method, PruneConfig};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 #[derive(Parser)]
@@ -99,7 +99,7 @@ fn sweep(a: SweepArgs) -> Result<()> {
         damp: a.calib.damp,
         methods,
         sparsities,
-        evals: evals.clone(),
+        evals,
         eval_seqlen: a.eval_seqlen,
         eval_windows: a.eval_windows,
         device: a.device,
@@ -117,16 +117,27 @@ fn sweep(a: SweepArgs) -> Result<()> {
             csv_err.get_or_insert(e);
         }
     })?;
+    // every row is in the CSV already (written above, the last time with all of them)
     if let Some(e) = csv_err {
         return Err(e.into());
     }
-    sweep::write_csv(&rows, &csv)?;
-    for (name, _) in &evals {
-        println!("{name} (seqlen {}, windows {}):", spec.eval_seqlen, rows.iter().find(|r| &r.eval == name).map_or(0, |r| r.windows));
-        println!("{}", sweep::table(&rows, name));
-        sweep::plot_svg(&rows, name, &a.out_dir.join(format!("sweep-{name}.svg")))?;
+    tables_and_plots(&rows, &a.out_dir)
+}
+
+/// One table per evaluation set on stdout and one `sweep-NAME.svg` per set in `out_dir`.
+fn tables_and_plots(rows: &[fasp_engine::sweep::SweepRow], out_dir: &Path) -> Result<()> {
+    use fasp_engine::sweep;
+    let mut seen: Vec<&str> = Vec::new();
+    for r in rows {
+        if seen.contains(&r.eval.as_str()) {
+            continue;
+        }
+        seen.push(&r.eval);
+        println!("{} (seqlen {}, windows {}):", r.eval, r.seqlen, r.windows);
+        println!("{}", sweep::table(rows, &r.eval));
+        sweep::plot_svg(rows, &r.eval, &out_dir.join(format!("sweep-{}.svg", r.eval)))?;
     }
-    println!("wrote {}", a.out_dir.display());
+    println!("wrote {}", out_dir.display());
     Ok(())
 }
 
@@ -145,22 +156,9 @@ fn report(a: ReportArgs) -> Result<()> {
     use fasp_engine::sweep;
     let sets = a.csvs.iter().map(|p| sweep::read_csv(p)).collect::<Result<Vec<_>, _>>()?;
     let rows = sweep::merge(sets)?;
-    let mut evals: Vec<&str> = Vec::new();
-    for r in &rows {
-        if !evals.contains(&r.eval.as_str()) {
-            evals.push(&r.eval);
-        }
-    }
     std::fs::create_dir_all(&a.out_dir).with_context(|| format!("creating {}", a.out_dir.display()))?;
     sweep::write_csv(&rows, &a.out_dir.join("sweep.csv"))?;
-    for name in evals {
-        let Some(r0) = rows.iter().find(|r| r.eval == name) else { continue };
-        println!("{name} (seqlen {}, windows {}):", r0.seqlen, r0.windows);
-        println!("{}", sweep::table(&rows, name));
-        sweep::plot_svg(&rows, name, &a.out_dir.join(format!("sweep-{name}.svg")))?;
-    }
-    println!("wrote {}", a.out_dir.display());
-    Ok(())
+    tables_and_plots(&rows, &a.out_dir)
 }
 
 #[derive(Args)]

@@ -173,13 +173,10 @@ pub fn ctx_layout(cfg: &ModelConfig, v_units: &[usize]) -> Vec<(usize, usize)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
 
     #[test]
     fn gqa_unit_columns_follow_the_spec() {
-        let cfg = ModelConfig::from_json(json!({"model_type":"llama","hidden_size":64,"num_hidden_layers":1,
-            "num_attention_heads":4,"num_key_value_heads":2,"head_dim":8,"intermediate_size":32,"vocab_size":10}))
-        .unwrap();
+        let cfg = crate::model::config::tiny_gqa_config();
         // unit c = g*hd + d with G = 2: columns h*hd + d for h in {2g, 2g+1}
         assert_eq!(attn_unit_columns(&cfg, 3), vec![3, 8 + 3]);
         assert_eq!(attn_unit_columns(&cfg, 8 + 5), vec![16 + 5, 24 + 5]);

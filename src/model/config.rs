@@ -234,3 +234,11 @@ impl ModelConfig {
         }
     }
 }
+
+/// A tiny LLaMA config for unit tests: hidden 64, 4 query heads over 2 KV heads (G = 2), head_dim 8.
+#[cfg(test)]
+pub(crate) fn tiny_gqa_config() -> ModelConfig {
+    ModelConfig::from_json(serde_json::json!({"model_type":"llama","hidden_size":64,"num_hidden_layers":1,
+        "num_attention_heads":4,"num_key_value_heads":2,"head_dim":8,"intermediate_size":32,"vocab_size":10}))
+    .expect("a valid config")
+}
