@@ -27,6 +27,9 @@ pub enum FaspError {
     Output { path: PathBuf, msg: String },
     #[error("CUDA: {0}")]
     Cuda(String),
+    /// A device-layer error (real or emulated device), with its source.
+    #[error(transparent)]
+    Device(#[from] crate::backend::cuda::device::DeviceError),
     #[error("GGUF: {0}")]
     Gguf(String),
 }

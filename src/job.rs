@@ -18,6 +18,9 @@ pub enum Device {
     Auto,
     Cpu,
     Cuda,
+    /// The emulated device: the CUDA kernels and host code on the CPU, with checked memory and
+    /// stream ordering. For testing: slow, same semantics. `auto` never picks it.
+    Emu,
 }
 
 #[derive(Clone, Debug)]
@@ -166,13 +169,14 @@ pub fn backend(device: Device) -> Result<Box<dyn Backend>> {
     match device {
         Device::Cpu => Ok(Box::new(CpuBackend::new())),
         Device::Cuda => Ok(Box::new(CudaBackend::new()?)),
+        Device::Emu => Ok(Box::new(CudaBackend::emu()?)),
         Device::Auto => match crate::backend::cuda::cuda_usable().and_then(|()| CudaBackend::new()) {
             Ok(b) => {
-                tracing::info!("--device auto: using {}", b.name());
+                eprintln!("--device auto: using {} (a CUDA device is usable)", b.name());
                 Ok(Box::new(b))
             }
             Err(e) => {
-                tracing::info!("--device auto: using the CPU ({e})");
+                eprintln!("--device auto: using the CPU ({e})");
                 Ok(Box::new(CpuBackend::new()))
             }
         },

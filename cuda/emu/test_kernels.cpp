@@ -1,13 +1,14 @@
 // test_kernels.cpp: runs every kernel family of cuda/*.cu under the CPU emulation (cuda_emu.h) against
 // plain double-precision references, with the launch shapes documented in cuda/KERNELS.md.
-// Build and run: scripts/test-kernels-emu.sh. Prints "N passed, M failed".
+// build.rs compiles it into the crate's emulation library; tests/emu.rs runs it (`fasp_emu_selftest`).
 #include <cstdio>
 #include <functional>
 #include <numeric>
 #include <random>
 #include <string>
+#include <tuple>
 
-#include "shim/cuda_bf16.h"
+#include <cuda_bf16.h>
 typedef __nv_bfloat16 bf16;
 typedef long long i64;
 using emu::launch;
@@ -604,8 +605,12 @@ static bool test_stats() {
     return ok;
 }
 
-int main(int argc, char** argv) {
-    const std::string only = argc > 1 ? argv[1] : "";
+// The suite, run by the Rust test `emu_kernel_families` (tests/emu.rs) through the crate's emulation library.
+// `only` selects one family (NULL or "" = all). Returns the number of failed families.
+extern "C" int fasp_emu_selftest(const char* only_c, int* passed, int* failed) {
+    const std::string only = only_c ? only_c : "";
+    g_passed = g_failed = 0;
+    rng.seed(12345);
     const std::pair<const char*, bool (*)()> tests[] = {
         {"score", test_score},     {"topk", test_topk},         {"compact", test_compact},
         {"cholesky", test_cholesky}, {"norm", test_norms},        {"rope", test_rope},
@@ -614,6 +619,9 @@ int main(int argc, char** argv) {
     };
     for (auto& [name, f] : tests)
         if (only.empty() || only == name) run(name, f);
-    printf("%d passed, %d failed\n", g_passed, g_failed);
-    return g_failed ? 1 : 0;
+    printf("kernel families: %d passed, %d failed\n", g_passed, g_failed);
+    fflush(stdout);
+    if (passed) *passed = g_passed;
+    if (failed) *failed = g_failed;
+    return g_failed;
 }

@@ -1,5 +1,5 @@
-//! cuBLAS calls of the backend, all fp32 with fp32 accumulation (no TF32: the handle is in
-//! `CUBLAS_DEFAULT_MATH`), on the compute stream. Buffers are row-major; cuBLAS is column-major,
+//! The library calls of the backend (cuBLAS on a GPU, faer on the emulated device), all fp32
+//! with fp32 accumulation (no TF32: cuBLAS runs in `CUBLAS_DEFAULT_MATH`), on the compute stream. Buffers are row-major; cuBLAS is column-major,
 //! so a row-major `[r][c]` matrix is passed as the column-major `c × r` matrix (its transpose),
 //! and every product below is the transposed form of the row-major one it documents.
 //!
@@ -9,14 +9,18 @@
 //! - `syrk_xtx`: `H = β H + Xᵀ X` for `X[t][n]` (ssyrk, fills H's row-major LOWER triangle).
 //! - `col_sums`: `s = Xᵀ 1` (sgemv).
 
-use super::context::{blas_err, c_int, need, Gpu};
+use super::context::{c_int, need, DevicePtr, DevicePtrMut, Gpu};
+use super::device::{Gemm, Gemv, Op, Syrk};
 use crate::error::Result;
-use cudarc::cublas::sys::{cublasFillMode_t, cublasOperation_t};
-use cudarc::cublas::{Gemm, GemmConfig, StridedBatchedConfig};
-use cudarc::driver::{DevicePtr, DevicePtrMut};
 
-const N: cublasOperation_t = cublasOperation_t::CUBLAS_OP_N;
-const T: cublasOperation_t = cublasOperation_t::CUBLAS_OP_T;
+const N: Op = Op::N;
+const T: Op = Op::T;
+
+/// A single (non-batched) GEMM.
+#[allow(clippy::too_many_arguments)]
+fn gemm1(transa: Op, transb: Op, m: i32, n: i32, k: i32, a: u64, lda: i32, b: u64, ldb: i32, c: u64, ldc: i32) -> Gemm {
+    Gemm { transa, transb, m, n, k, alpha: 1.0, a, lda, b, ldb, beta: 0.0, c, ldc, batch: 1, stride_a: 0, stride_b: 0, stride_c: 0 }
+}
 
 /// `y[t][out] = x[t][inp] · w[out][inp]ᵀ` (no bias; see `forward::add_bias`).
 pub fn linear(
@@ -35,9 +39,8 @@ pub fn linear(
         return Ok(());
     }
     let (m, n, k) = (c_int(out, "out features")?, c_int(t, "tokens")?, c_int(inp, "in features")?);
-    let cfg = GemmConfig { transa: T, transb: N, m, n, k, alpha: 1.0f32, lda: k, ldb: k, beta: 0.0f32, ldc: m };
-    // SAFETY: sizes checked above: W is k×m (lda k), X is k×n (ldb k), Y is m×n (ldc m), column-major.
-    unsafe { gpu.blas.gemm(cfg, w, x, y) }.map_err(|e| blas_err("sgemm (linear)", e))
+    // sizes checked above: W is k×m (lda k), X is k×n (ldb k), Y is m×n (ldc m), column-major.
+    Ok(gpu.dev.gemm(&gemm1(T, N, m, n, k, w.addr(), k, x.addr(), k, y.addr_mut(), m), gpu.stream.id)?)
 }
 
 /// Row-major `c[m][n] = a[m][k] · b[k][n]`.
@@ -60,9 +63,8 @@ pub fn matmul(
         return Err(crate::FaspError::Cuda("matmul with an empty inner dimension".into()));
     }
     let (cm, cn, ck) = (c_int(n, "matmul n")?, c_int(m, "matmul m")?, c_int(k, "matmul k")?);
-    let cfg = GemmConfig { transa: N, transb: N, m: cm, n: cn, k: ck, alpha: 1.0f32, lda: cm, ldb: ck, beta: 0.0f32, ldc: cm };
-    // SAFETY: column-major B is n×k (ld n), A is k×m (ld k), C is n×m (ld n); sizes checked.
-    unsafe { gpu.blas.gemm(cfg, b, a, c) }.map_err(|e| blas_err("sgemm (matmul)", e))
+    // column-major B is n×k (ld n), A is k×m (ld k), C is n×m (ld n); sizes checked.
+    Ok(gpu.dev.gemm(&gemm1(N, N, cm, cn, ck, b.addr(), cm, a.addr(), ck, c.addr_mut(), cm), gpu.stream.id)?)
 }
 
 /// Attention scores of `nmat` heads: `S_b[L][L] = alpha · Q_b[L][hd] · K_b[L][hd]ᵀ`.
@@ -85,15 +87,16 @@ pub fn attn_scores(
     }
     let (cl, chd) = (c_int(l, "seqlen")?, c_int(hd, "head_dim")?);
     // column-major: Sᵀ = Kᶜᵀ · Qᶜ with Kᶜ, Qᶜ the hd×L views of K, Q
-    let cfg = StridedBatchedConfig {
-        gemm: GemmConfig { transa: T, transb: N, m: cl, n: cl, k: chd, alpha, lda: chd, ldb: chd, beta: 0.0f32, ldc: cl },
-        batch_size: c_int(nmat, "attention batch")?,
+    let g = Gemm {
+        alpha,
+        batch: c_int(nmat, "attention batch")?,
         stride_a: (l * hd) as i64,
         stride_b: (l * hd) as i64,
         stride_c: (l * l) as i64,
+        ..gemm1(T, N, cl, cl, chd, k.addr(), chd, q.addr(), chd, s.addr_mut(), cl)
     };
-    // SAFETY: nmat matrices of the checked sizes at the given strides.
-    unsafe { gpu.blas.gemm_strided_batched(cfg, k, q, s) }.map_err(|e| blas_err("sgemm strided batched (QKᵀ)", e))
+    // nmat matrices of the checked sizes at the given strides.
+    Ok(gpu.dev.gemm(&g, gpu.stream.id)?)
 }
 
 /// Attention context of `nmat` heads: `O_b[L][hd] = P_b[L][L] · V_b[L][hd]`.
@@ -114,15 +117,15 @@ pub fn attn_context(
     }
     let (cl, chd) = (c_int(l, "seqlen")?, c_int(hd, "head_dim")?);
     // column-major: Oᵀ (hd×L) = Vᶜ (hd×L) · Pᶜ (L×L)
-    let cfg = StridedBatchedConfig {
-        gemm: GemmConfig { transa: N, transb: N, m: chd, n: cl, k: cl, alpha: 1.0f32, lda: chd, ldb: cl, beta: 0.0f32, ldc: chd },
-        batch_size: c_int(nmat, "attention batch")?,
+    let g = Gemm {
+        batch: c_int(nmat, "attention batch")?,
         stride_a: (l * hd) as i64,
         stride_b: (l * l) as i64,
         stride_c: (l * hd) as i64,
+        ..gemm1(N, N, chd, cl, cl, v.addr(), chd, p.addr(), cl, o.addr_mut(), chd)
     };
-    // SAFETY: nmat matrices of the checked sizes at the given strides.
-    unsafe { gpu.blas.gemm_strided_batched(cfg, v, p, o) }.map_err(|e| blas_err("sgemm strided batched (PV)", e))
+    // nmat matrices of the checked sizes at the given strides.
+    Ok(gpu.dev.gemm(&g, gpu.stream.id)?)
 }
 
 /// `H = beta·H + Xᵀ X` for `X[t][n]`, `H[n][n]`: writes the row-major LOWER triangle only
@@ -134,28 +137,9 @@ pub fn syrk_xtx(gpu: &Gpu, x: &impl DevicePtr<f32>, h: &mut impl DevicePtrMut<f3
         return Ok(());
     }
     let (cn, ct) = (c_int(n, "syrk n")?, c_int(t, "syrk tokens")?);
-    let (px, _gx) = x.device_ptr(&gpu.stream);
-    let (ph, _gh) = h.device_ptr_mut(&gpu.stream);
-    let alpha = 1.0f32;
     // column-major X is n×t (ld n): C = A·Aᵀ = Σ_t x xᵀ; UPPER column-major = LOWER row-major.
-    // SAFETY: sizes checked; the pointers' stream guards live until after the call.
-    unsafe {
-        cudarc::cublas::sys::cublasSsyrk_v2(
-            *gpu.blas.handle(),
-            cublasFillMode_t::CUBLAS_FILL_MODE_UPPER,
-            N,
-            cn,
-            ct,
-            &alpha,
-            px as *const f32,
-            cn,
-            &beta,
-            ph as *mut f32,
-            cn,
-        )
-    }
-    .result()
-    .map_err(|e| blas_err("ssyrk (H += XᵀX)", e))
+    let y = Syrk { trans: N, n: cn, k: ct, alpha: 1.0, a: x.addr(), lda: cn, beta, c: h.addr_mut(), ldc: cn };
+    Ok(gpu.dev.syrk(&y, gpu.stream.id)?)
 }
 
 /// `sums[n] = Σ_t x[t][·]` with `ones[t]` a vector of ones.
@@ -174,29 +158,9 @@ pub fn col_sums(
         return Ok(());
     }
     let (cn, ct) = (c_int(n, "n")?, c_int(t, "tokens")?);
-    let (px, _gx) = x.device_ptr(&gpu.stream);
-    let (po, _go) = ones.device_ptr(&gpu.stream);
-    let (ps, _gs) = sums.device_ptr_mut(&gpu.stream);
-    let (alpha, beta) = (1.0f32, 0.0f32);
-    // SAFETY: column-major X is n×t (ld n); y = X·1 has n entries; sizes checked.
-    unsafe {
-        cudarc::cublas::sys::cublasSgemv_v2(
-            *gpu.blas.handle(),
-            N,
-            cn,
-            ct,
-            &alpha,
-            px as *const f32,
-            cn,
-            po as *const f32,
-            1,
-            &beta,
-            ps as *mut f32,
-            1,
-        )
-    }
-    .result()
-    .map_err(|e| blas_err("sgemv (column sums)", e))
+    // column-major X is n×t (ld n); y = X·1 has n entries; sizes checked.
+    let g = Gemv { m: cn, n: ct, alpha: 1.0, a: x.addr(), lda: cn, x: ones.addr(), beta: 0.0, y: sums.addr_mut() };
+    Ok(gpu.dev.gemv(&g, gpu.stream.id)?)
 }
 
 /// Trailing update of the blocked Cholesky through cuBLAS (KERNELS.md): for matrix `b` of the
@@ -218,30 +182,14 @@ pub fn cholesky_trailing_syrk(
     }
     need(a, (batch - 1) * stride + (n - 1) * lda + n, "Cholesky matrices")?;
     let (cm, ckb, clda) = (c_int(n - m0, "n")?, c_int(kb, "panel")?, c_int(lda, "lda")?);
-    let (pa, _ga) = a.device_ptr_mut(&gpu.stream);
-    let (alpha, beta) = (-1.0f32, 1.0f32);
+    let pa = a.addr_mut();
     for b in 0..batch {
         let base = pa + ((b * stride) * 4) as u64;
         let p = base + ((m0 * lda + k) * 4) as u64;
         let c = base + ((m0 * lda + m0) * 4) as u64;
-        // SAFETY: both blocks lie inside matrix b (checked above).
-        unsafe {
-            cudarc::cublas::sys::cublasSsyrk_v2(
-                *gpu.blas.handle(),
-                cublasFillMode_t::CUBLAS_FILL_MODE_UPPER,
-                T,
-                cm,
-                ckb,
-                &alpha,
-                p as *const f32,
-                clda,
-                &beta,
-                c as *mut f32,
-                clda,
-            )
-        }
-        .result()
-        .map_err(|e| blas_err("ssyrk (Cholesky trailing update)", e))?;
+        // both blocks lie inside matrix b (checked above)
+        let y = Syrk { trans: T, n: cm, k: ckb, alpha: -1.0, a: p, lda: clda, beta: 1.0, c, ldc: clda };
+        gpu.dev.syrk(&y, gpu.stream.id)?;
     }
     Ok(())
 }

@@ -9,9 +9,10 @@
 //! diag block (1,1,batch)×(32,32); panel (ceil((n−k−32)/32),1,batch)×(32,32); trailing
 //! (T(T+1)/2,1,batch)×256 with T = ceil((n−k−32)/64); solves (ceil(nrhs/32),1,batch)×256.
 
-use super::context::{c_int, cfg, launch, need, solver_err, Gpu};
+use super::context::{c_int, cfg, launch, need, DeviceBuf, Gpu};
+use super::device::{Potrf as Potrf_, Potrs};
 use crate::error::{FaspError, Result};
-use cudarc::driver::{DevicePtr, DevicePtrMut};
+use super::context::{DevicePtr, DevicePtrMut};
 
 const NB: usize = 32;
 
@@ -45,7 +46,7 @@ impl Batch {
             (self.batch - 1) * self.stride + (self.n - 1) * self.lda + self.n
         }
     }
-    fn check(&self, a: &impl cudarc::driver::DeviceSlice<f32>, what: &str) -> Result<()> {
+    fn check(&self, a: &impl super::context::DeviceSlice<f32>, what: &str) -> Result<()> {
         if self.lda < self.n || (self.batch > 1 && self.stride < self.n * self.lda) {
             return Err(FaspError::Cuda(format!("{what}: lda {} / stride {} too small for n {}", self.lda, self.stride, self.n)));
         }
@@ -63,7 +64,7 @@ pub fn add_diag(gpu: &Gpu, a: &mut impl DevicePtrMut<f32>, shape: Batch, lambda:
         return Ok(());
     }
     let (n, lda, stride) = shape.c()?;
-    let (pa, _ga) = a.device_ptr_mut(&gpu.stream);
+    let pa = a.addr_mut();
     let grid = (shape.n.div_ceil(256) as u32, 1, shape.batch as u32);
     launch!(gpu, "cholesky", "fasp_cholesky_add_diag", cfg(grid, (256, 1, 1)), [pa, n, lda, stride, lambda])
 }
@@ -76,8 +77,8 @@ pub fn add_diag_scaled(gpu: &Gpu, a: &mut impl DevicePtrMut<f32>, shape: Batch, 
         return Ok(());
     }
     let (n, lda, stride) = shape.c()?;
-    let (ps, _gs) = scale.device_ptr(&gpu.stream);
-    let (pa, _ga) = a.device_ptr_mut(&gpu.stream);
+    let ps = scale.addr();
+    let pa = a.addr_mut();
     let grid = (shape.n.div_ceil(256) as u32, 1, shape.batch as u32);
     launch!(gpu, "cholesky", "fasp_cholesky_add_diag_scaled", cfg(grid, (256, 1, 1)), [pa, n, lda, stride, damp, ps])
 }
@@ -90,8 +91,8 @@ pub fn diag_mean(gpu: &Gpu, a: &impl DevicePtr<f32>, shape: Batch, mean: &mut im
         return Ok(());
     }
     let (n, lda, stride) = shape.c()?;
-    let (pa, _ga) = a.device_ptr(&gpu.stream);
-    let (pm, _gm) = mean.device_ptr_mut(&gpu.stream);
+    let pa = a.addr();
+    let pm = mean.addr_mut();
     launch!(gpu, "cholesky", "fasp_cholesky_diag_mean", cfg((1, 1, shape.batch as u32), (256, 1, 1)), [pa, n, lda, stride, pm])
 }
 
@@ -107,10 +108,9 @@ pub fn factor(gpu: &Gpu, a: &mut impl DevicePtrMut<f32>, shape: Batch, info: &mu
         return Err(FaspError::Cuda(format!("Cholesky batch {} exceeds gridDim.z", shape.batch)));
     }
     {
-        let (pi, _gi) = info.device_ptr_mut(&gpu.stream);
-        // SAFETY: `batch` ints inside the checked buffer, on the compute stream.
-        unsafe { cudarc::driver::result::memset_d8_async(pi, 0, shape.batch * 4, gpu.stream.cu_stream()) }
-            .map_err(|e| super::context::driver_err("zeroing Cholesky info", e))?;
+        let pi = info.addr_mut();
+        // `batch` ints inside the checked buffer, on the compute stream
+        gpu.dev.memset_zero(pi, shape.batch * 4, gpu.stream.id)?;
     }
     let (n, lda, stride) = shape.c()?;
     let z = shape.batch as u32;
@@ -118,8 +118,8 @@ pub fn factor(gpu: &Gpu, a: &mut impl DevicePtrMut<f32>, shape: Batch, info: &mu
     while k < shape.n {
         let ck = c_int(k, "k")?;
         {
-            let (pa, _ga) = a.device_ptr_mut(&gpu.stream);
-            let (pi, _gi) = info.device_ptr_mut(&gpu.stream);
+            let pa = a.addr_mut();
+            let pi = info.addr_mut();
             launch!(gpu, "cholesky", "fasp_cholesky_diag_block", cfg((1, 1, z), (32, 32, 1)), [pa, n, lda, stride, ck, pi])?;
             if k + NB < shape.n {
                 let m = shape.n - k - NB;
@@ -161,8 +161,8 @@ fn solve(
     need(b, (lshape.batch - 1) * stride_b + (nrhs - 1) * ldb + lshape.n, "Cholesky solve B")?;
     let (n, ldl, sl) = lshape.c()?;
     let (cr, cldb, sb) = (c_int(nrhs, "nrhs")?, c_int(ldb, "ldb")?, stride_b as i64);
-    let (pl, _gl) = l.device_ptr(&gpu.stream);
-    let (pb, _gb) = b.device_ptr_mut(&gpu.stream);
+    let pl = l.addr();
+    let pb = b.addr_mut();
     let grid = (nrhs.div_ceil(32) as u32, 1, lshape.batch as u32);
     launch!(gpu, "cholesky", name, cfg(grid, (256, 1, 1)), [pl, n, ldl, sl, pb, cr, cldb, sb])
 }
@@ -180,28 +180,17 @@ pub fn solve_upper(gpu: &Gpu, l: &impl DevicePtr<f32>, lshape: Batch, b: &mut im
 /// cuSOLVER workspace and info for `spotrf` of one `n × n` matrix.
 pub struct Potrf {
     pub n: usize,
-    work: cudarc::driver::CudaSlice<f32>,
-    pub info: cudarc::driver::CudaSlice<i32>,
+    work: DeviceBuf<f32>,
+    pub info: DeviceBuf<i32>,
 }
-
-/// Column-major upper = the row-major lower triangle our kernels use.
-const SOLVER_UPLO: cudarc::cusolver::sys::cublasFillMode_t = cudarc::cusolver::sys::cublasFillMode_t::CUBLAS_FILL_MODE_UPPER;
 
 impl Potrf {
     /// Queries and allocates the workspace of `spotrf` for `n × n` (lda = n).
     pub fn new(gpu: &Gpu, a: &mut impl DevicePtrMut<f32>, n: usize) -> Result<Potrf> {
         need(a, n * n, "potrf A")?;
-        let solver = gpu.solver()?;
         let cn = c_int(n.max(1), "n")?;
-        let mut lwork: i32 = 0;
-        {
-            let (pa, _ga) = a.device_ptr_mut(&gpu.stream);
-            // SAFETY: a valid handle, an n×n matrix; only the workspace size is written.
-            unsafe { cudarc::cusolver::sys::cusolverDnSpotrf_bufferSize(solver.cu(), SOLVER_UPLO, cn, pa as *mut f32, cn, &mut lwork) }
-                .result()
-                .map_err(|e| solver_err("spotrf_bufferSize", e))?;
-        }
-        Ok(Potrf { n, work: gpu.alloc::<f32>(lwork.max(1) as usize, "potrf workspace")?, info: gpu.zeros::<i32>(1, "potrf info")? })
+        let lwork = gpu.dev.potrf_buffer_size(cn, a.addr_mut(), gpu.stream.id)?;
+        Ok(Potrf { n, work: gpu.alloc::<f32>(lwork, "potrf workspace")?, info: gpu.zeros::<i32>(1, "potrf info")? })
     }
 
     /// Factors `a` in place: the row-major LOWER triangle (column-major upper) receives L.
@@ -211,18 +200,10 @@ impl Potrf {
         if self.n == 0 {
             return Ok(());
         }
-        let solver = gpu.solver()?;
         let cn = c_int(self.n, "n")?;
         let lwork = c_int(self.work.len(), "lwork")?;
-        let (pa, _ga) = a.device_ptr_mut(&gpu.stream);
-        let (pw, _gw) = self.work.device_ptr_mut(&gpu.stream);
-        let (pi, _gi) = self.info.device_ptr_mut(&gpu.stream);
-        // SAFETY: sizes checked; workspace from spotrf_bufferSize; handle bound to the compute stream.
-        unsafe {
-            cudarc::cusolver::sys::cusolverDnSpotrf(solver.cu(), SOLVER_UPLO, cn, pa as *mut f32, cn, pw as *mut f32, lwork, pi as *mut i32)
-        }
-        .result()
-        .map_err(|e| solver_err("spotrf", e))
+        let p = Potrf_ { n: cn, a: a.addr_mut(), lda: cn, work: self.work.addr_mut(), lwork, info: self.info.addr_mut() };
+        Ok(gpu.dev.potrf(&p, gpu.stream.id)?)
     }
 
     /// After `factor`: solves `A X = B` for `nrhs` right-hand sides stored as the ROWS of
@@ -233,17 +214,9 @@ impl Potrf {
         if self.n == 0 || nrhs == 0 {
             return Ok(());
         }
-        let solver = gpu.solver()?;
         let (cn, cr) = (c_int(self.n, "n")?, c_int(nrhs, "nrhs")?);
-        let (pa, _ga) = a.device_ptr(&gpu.stream);
-        let (pb, _gb) = b.device_ptr_mut(&gpu.stream);
-        let (pi, _gi) = self.info.device_ptr_mut(&gpu.stream);
-        // SAFETY: sizes checked; A holds the factor from `factor`.
-        unsafe {
-            cudarc::cusolver::sys::cusolverDnSpotrs(solver.cu(), SOLVER_UPLO, cn, cr, pa as *const f32, cn, pb as *mut f32, cn, pi as *mut i32)
-        }
-        .result()
-        .map_err(|e| solver_err("spotrs", e))
+        let p = Potrs { n: cn, nrhs: cr, a: a.addr(), lda: cn, b: b.addr_mut(), ldb: cn, info: self.info.addr_mut() };
+        Ok(gpu.dev.potrs(&p, gpu.stream.id)?)
     }
 }
 

@@ -6,7 +6,7 @@
 
 use super::context::{Bf16, c_int, cfg, launch, need, Gpu};
 use crate::error::Result;
-use cudarc::driver::{DevicePtr, DevicePtrMut, DeviceRepr};
+use super::context::{DeviceBuf, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig};
 
 /// An element type with f32 and bf16 kernel variants.
 pub trait Elem: DeviceRepr + Copy {
@@ -30,7 +30,7 @@ impl Elem for Bf16 {
     const SCATTER_ROWS: &'static str = "fasp_scatter_rows_bf16";
 }
 
-fn grid(w: usize, hgt: usize) -> cudarc::driver::LaunchConfig {
+fn grid(w: usize, hgt: usize) -> LaunchConfig {
     cfg((w.div_ceil(256).max(1) as u32, hgt.clamp(1, 65535) as u32, 1), (256, 1, 1))
 }
 
@@ -50,9 +50,9 @@ pub fn gather_rows<T: Elem>(
     if nidx * cols == 0 {
         return Ok(());
     }
-    let (ps, _gs) = src.device_ptr(&gpu.stream);
-    let (pi, _gi) = idx.device_ptr(&gpu.stream);
-    let (pd, _gd) = dst.device_ptr_mut(&gpu.stream);
+    let ps = src.addr();
+    let pi = idx.addr();
+    let pd = dst.addr_mut();
     let (r, c, n) = (c_int(rows, "rows")?, c_int(cols, "cols")?, c_int(nidx, "nidx")?);
     launch!(gpu, "compact", T::GATHER_ROWS, grid(cols, nidx), [ps, r, c, pi, n, pd])
 }
@@ -73,9 +73,9 @@ pub fn gather_cols<T: Elem>(
     if nidx * rows == 0 {
         return Ok(());
     }
-    let (ps, _gs) = src.device_ptr(&gpu.stream);
-    let (pi, _gi) = idx.device_ptr(&gpu.stream);
-    let (pd, _gd) = dst.device_ptr_mut(&gpu.stream);
+    let ps = src.addr();
+    let pi = idx.addr();
+    let pd = dst.addr_mut();
     let (r, c, n) = (c_int(rows, "rows")?, c_int(cols, "cols")?, c_int(nidx, "nidx")?);
     launch!(gpu, "compact", T::GATHER_COLS, grid(nidx, rows), [ps, r, c, pi, n, pd])
 }
@@ -99,11 +99,10 @@ pub fn gather_submatrix(
     if nr * nc == 0 {
         return Ok(());
     }
-    let s = &gpu.stream;
-    let (ph, _gh) = h.device_ptr(s);
-    let (pr, _gr) = ridx.device_ptr(s);
-    let (pc, _gc) = cidx.device_ptr(s);
-    let (pd, _gd) = dst.device_ptr_mut(s);
+    let ph = h.addr();
+    let pr = ridx.addr();
+    let pc = cidx.addr();
+    let pd = dst.addr_mut();
     let (nn, r, c) = (c_int(n, "n")?, c_int(nr, "nr")?, c_int(nc, "nc")?);
     launch!(gpu, "compact", "fasp_gather_submatrix_f32", grid(nc, nr), [ph, nn, pr, r, pc, c, pd])
 }
@@ -125,9 +124,9 @@ pub fn scatter_cols<T: Elem>(
     if rows * nidx == 0 {
         return Ok(());
     }
-    let (ps, _gs) = src.device_ptr(&gpu.stream);
-    let (pi, _gi) = idx.device_ptr(&gpu.stream);
-    let (pd, _gd) = dst.device_ptr_mut(&gpu.stream);
+    let ps = src.addr();
+    let pi = idx.addr();
+    let pd = dst.addr_mut();
     let (r, n, c) = (c_int(rows, "rows")?, c_int(nidx, "nidx")?, c_int(cols, "cols")?);
     launch!(gpu, "compact", T::SCATTER_COLS, grid(nidx, rows), [ps, r, n, pi, pd, c])
 }
@@ -149,15 +148,15 @@ pub fn scatter_rows<T: Elem>(
     if nidx * cols == 0 {
         return Ok(());
     }
-    let (ps, _gs) = src.device_ptr(&gpu.stream);
-    let (pi, _gi) = idx.device_ptr(&gpu.stream);
-    let (pd, _gd) = dst.device_ptr_mut(&gpu.stream);
+    let ps = src.addr();
+    let pi = idx.addr();
+    let pd = dst.addr_mut();
     let (n, c, r) = (c_int(nidx, "nidx")?, c_int(cols, "cols")?, c_int(rows, "rows")?);
     launch!(gpu, "compact", T::SCATTER_ROWS, grid(cols, nidx), [ps, n, c, pi, pd, r])
 }
 
 /// Indices as a device `i32` buffer.
-pub fn upload_idx(gpu: &Gpu, idx: &[usize], what: &str) -> Result<cudarc::driver::CudaSlice<i32>> {
+pub fn upload_idx(gpu: &Gpu, idx: &[usize], what: &str) -> Result<DeviceBuf<i32>> {
     let v: Vec<i32> = idx.iter().map(|&i| c_int(i, what)).collect::<Result<_>>()?;
     gpu.upload(&v, what)
 }

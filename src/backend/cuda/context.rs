@@ -1,7 +1,6 @@
-//! The device context of the CUDA backend: one CUDA context (device 0 by default), a compute
-//! stream and a copy stream, a cuBLAS handle on the compute stream, a cuSOLVER handle created on
-//! first use (it is only the cross-check path), and the PTX modules of `cuda/*.cu`, each loaded
-//! (JIT-compiled by the driver) once on first use and cached with its functions.
+//! The device context of the CUDA backend: a [`Device`] (the GPU through cudarc, or the emulated
+//! device), its compute stream and a copy stream. Every wrapper works through `Gpu`; nothing above
+//! `device` calls cudarc.
 //!
 //! Opening the context never panics on a machine without CUDA. cudarc's dynamic loading panics
 //! when a shared library is missing, so every library is probed first with cudarc's own
@@ -10,51 +9,28 @@
 //! failure is a `FaspError::Cuda` that names the library and mentions `LD_LIBRARY_PATH`.
 //!
 //! The `launch!` macro is the one place kernels are launched; wrappers bind every argument to a
-//! local first (the launch builder keeps pointers to them), and validate sizes before launching.
+//! local first (the packed argument array points to them), and validate sizes before launching.
 
+pub use super::device::{
+    DevicePtr, DevicePtrMut, DeviceBuf, DeviceRepr, DeviceSlice, DeviceView, DeviceViewMut, LaunchConfig, PinnedBuf,
+};
+use super::device::{emu::EmuDevice, real::CudaDevice, Counters, Device, DeviceKind, EventId, StreamId};
 use crate::error::{FaspError, Result};
 use crate::kernels;
-use cudarc::cublas::CudaBlas;
-use cudarc::cusolver::DnHandle;
-use cudarc::driver::{
-    sys, CudaContext, CudaFunction, CudaModule, CudaSlice, CudaStream, DevicePtr, DeviceRepr, DeviceSlice, DriverError,
-    LaunchConfig, ValidAsZeroBits,
-};
-use std::collections::HashMap;
+use cudarc::driver::CudaContext;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 /// Launches `$name` from module `$module` on the compute stream of `$gpu` with `$cfg`; the
-/// arguments are identifiers of locals (device pointers as `u64`, scalars as their C types).
+/// arguments are identifiers of locals (device pointers as `u64`, scalars as their C types),
+/// passed as the packed argument array `cuLaunchKernel` takes.
 macro_rules! launch {
     ($gpu:expr, $module:expr, $name:expr, $cfg:expr, [$($arg:ident),* $(,)?]) => {{
-        use cudarc::driver::PushKernelArg as _;
-        let func = $gpu.function($module, $name)?;
-        let mut builder = $gpu.stream.launch_builder(&func);
-        $( builder.arg(&$arg); )*
-        // SAFETY: the caller checked the buffer sizes against the kernel's contract in
-        // cuda/KERNELS.md, and every pointer comes from a live allocation whose stream
-        // ordering guard is held until after this launch.
-        unsafe { builder.launch($cfg) }
-            .map(|_| ())
-            .map_err(|e| $crate::backend::cuda::context::driver_err($name, e))
+        let args = [$( $crate::backend::cuda::device::KArg::of(&$arg) ),*];
+        $gpu.launch($module, $name, &$cfg, &args)
     }};
 }
 pub(crate) use launch;
-
-/// `FaspError::Cuda` for a failed driver call.
-pub fn driver_err(what: &str, e: DriverError) -> FaspError {
-    FaspError::Cuda(format!("{what}: {e}"))
-}
-
-pub fn blas_err(what: &str, e: cudarc::cublas::result::CublasError) -> FaspError {
-    FaspError::Cuda(format!("cuBLAS {what}: {e}"))
-}
-
-pub fn solver_err(what: &str, e: cudarc::cusolver::result::CusolverError) -> FaspError {
-    FaspError::Cuda(format!("cuSOLVER {what}: {e:?}"))
-}
 
 /// `n` as a C `int`, or an error naming what overflowed.
 pub fn c_int(n: usize, what: &str) -> Result<i32> {
@@ -88,7 +64,7 @@ fn probe_driver() -> Result<()> {
         ));
     }
     // SAFETY: a dlopen of the candidate names; nothing is called.
-    if !unsafe { sys::is_culib_present() } {
+    if !unsafe { cudarc::driver::sys::is_culib_present() } {
         return Err(FaspError::Cuda(format!(
             "cannot load the CUDA driver library libcuda.so (tried {}): install the NVIDIA driver, or add the folder \
              holding libcuda.so.1 to LD_LIBRARY_PATH",
@@ -149,39 +125,112 @@ pub fn cuda_usable() -> Result<()> {
     Ok(())
 }
 
+/// A stream of a device.
+pub struct Stream {
+    dev: Arc<dyn Device>,
+    pub id: StreamId,
+}
+
+impl Stream {
+    /// Copies all of `src` into the front of `dst`.
+    pub fn memcpy_dtod<T: DeviceRepr>(&self, src: &impl DevicePtr<T>, dst: &mut impl DevicePtrMut<T>) -> Result<()> {
+        if dst.len() < src.len() {
+            return Err(FaspError::Cuda(format!("device copy of {} elements into {}", src.len(), dst.len())));
+        }
+        Ok(self.dev.dtod(dst.addr_mut(), src.addr(), src.len() * std::mem::size_of::<T>(), self.id)?)
+    }
+
+    /// Copies host data into the front of `dst` (pageable memory: the host may reuse `src` at once).
+    pub fn memcpy_htod<T: DeviceRepr>(&self, src: &[T], dst: &mut impl DevicePtrMut<T>) -> Result<()> {
+        if dst.len() < src.len() {
+            return Err(FaspError::Cuda(format!("upload of {} elements into {}", src.len(), dst.len())));
+        }
+        let bytes = std::mem::size_of_val(src);
+        // SAFETY: `src` is valid for `bytes`; pageable copies complete their read before returning.
+        Ok(unsafe { self.dev.htod(dst.addr_mut(), src.as_ptr() as *const u8, bytes, self.id) }?)
+    }
+
+    /// Copies a pinned buffer into `dst` asynchronously; record an event and synchronise on it
+    /// before writing the buffer again.
+    pub fn memcpy_htod_pinned<T: DeviceRepr>(&self, src: &PinnedBuf<T>, dst: &mut impl DevicePtrMut<T>) -> Result<()> {
+        if dst.len() < src.len() {
+            return Err(FaspError::Cuda(format!("upload of {} elements into {}", src.len(), dst.len())));
+        }
+        let bytes = src.len() * std::mem::size_of::<T>();
+        // SAFETY: the pinned buffer outlives the copy (its owner synchronises before reuse or drop).
+        Ok(unsafe { self.dev.htod(dst.addr_mut(), src.as_ptr(), bytes, self.id) }?)
+    }
+
+    pub fn synchronize(&self) -> Result<()> {
+        Ok(self.dev.sync_stream(self.id)?)
+    }
+
+    pub fn record(&self, ev: &Event) -> Result<()> {
+        Ok(self.dev.record(ev.id, self.id)?)
+    }
+
+    /// Later work on this stream waits for what `ev` recorded.
+    pub fn wait(&self, ev: &Event) -> Result<()> {
+        Ok(self.dev.wait_event(self.id, ev.id)?)
+    }
+}
+
+/// An event of a device.
+pub struct Event {
+    dev: Arc<dyn Device>,
+    pub id: EventId,
+}
+
+impl Event {
+    /// Records the work enqueued so far on `stream`.
+    pub fn record(&self, stream: &Stream) -> Result<()> {
+        stream.record(self)
+    }
+
+    pub fn synchronize(&self) -> Result<()> {
+        Ok(self.dev.sync_event(self.id)?)
+    }
+
+    /// Milliseconds from `self` to `end` (both recorded).
+    pub fn elapsed_ms(&self, end: &Event) -> Result<f32> {
+        Ok(self.dev.elapsed_ms(self.id, end.id)?)
+    }
+}
+
 /// The device context shared by every wrapper.
 pub struct Gpu {
-    pub ctx: Arc<CudaContext>,
-    /// Kernels, cuBLAS and cuSOLVER run here.
-    pub stream: Arc<CudaStream>,
+    pub dev: Arc<dyn Device>,
+    /// Kernels and library calls run here.
+    pub stream: Stream,
     /// Weight uploads (prefetch of the next layer) run here.
-    pub copy: Arc<CudaStream>,
-    pub blas: CudaBlas,
-    solver: Mutex<Option<Arc<DnHandle>>>,
-    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
-    functions: Mutex<HashMap<&'static str, CudaFunction>>,
-    /// Milliseconds spent loading (driver JIT of) each module, in load order.
-    jit_ms: Mutex<Vec<(&'static str, f64)>>,
-    pub device_name: String,
-    pub compute_capability: (i32, i32),
+    pub copy: Stream,
     pub sm_count: usize,
 }
 
 impl std::fmt::Debug for Gpu {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Gpu({}, sm_{}{})", self.device_name, self.compute_capability.0, self.compute_capability.1)
+        write!(f, "Gpu({})", self.dev.describe())
+    }
+}
+
+/// Capacity of the emulated device: `FASP_EMU_MEMORY_MIB`, default 4096 MiB.
+fn emu_memory() -> Result<usize> {
+    match std::env::var("FASP_EMU_MEMORY_MIB") {
+        Ok(v) => v
+            .trim()
+            .parse::<usize>()
+            .ok()
+            .filter(|&n| n > 0)
+            .map(|n| n << 20)
+            .ok_or_else(|| FaspError::Arg(format!("FASP_EMU_MEMORY_MIB={v:?}: expected a positive number of MiB"))),
+        Err(_) => Ok(4096 << 20),
     }
 }
 
 impl Gpu {
-    /// Opens device `ordinal`: context, streams, cuBLAS. A clear error when anything is missing.
+    /// Opens CUDA device `ordinal`: context, streams, cuBLAS. A clear error when anything is missing.
     pub fn new(ordinal: usize) -> Result<Arc<Gpu>> {
         probe_driver()?;
-        let ctx = guarded("libcuda.so", || CudaContext::new(ordinal))?.map_err(|e| {
-            FaspError::Cuda(format!("cannot open CUDA device {ordinal} through the driver (libcuda.so): {e}"))
-        })?;
-        let stream = ctx.new_stream().map_err(|e| driver_err("creating the compute stream", e))?;
-        let copy = ctx.new_stream().map_err(|e| driver_err("creating the copy stream", e))?;
         // SAFETY: a dlopen of the candidate names; nothing is called.
         if !unsafe { cudarc::cublas::sys::is_culib_present() } {
             return Err(FaspError::Cuda(format!(
@@ -190,217 +239,139 @@ impl Gpu {
                 candidates("cublas")
             )));
         }
-        let blas = guarded("libcublas", || CudaBlas::new(stream.clone()))?.map_err(|e| blas_err("cublasCreate", e))?;
-        // Plain fp32 GEMMs: no TF32 (the CPU reference is fp32, and H must be accumulated in fp32 or better).
-        // SAFETY: a valid handle; setting the math mode has no memory effects.
-        unsafe {
-            cudarc::cublas::sys::cublasSetMathMode(*blas.handle(), cudarc::cublas::sys::cublasMath_t::CUBLAS_DEFAULT_MATH)
-        }
-        .result()
-        .map_err(|e| blas_err("cublasSetMathMode", e))?;
-        let device_name = ctx.name().unwrap_or_else(|_| "unknown GPU".into());
-        let compute_capability = ctx.compute_capability().map_err(|e| driver_err("compute capability", e))?;
-        let sm_count = ctx
-            .attribute(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)
-            .map_err(|e| driver_err("multiprocessor count", e))? as usize;
+        let dev = guarded("libcuda.so / libcublas", || CudaDevice::open(ordinal))??;
+        Self::with_device(Arc::new(dev))
+    }
+
+    /// The emulated device (`--device emu`): the same kernels on the CPU, with checked memory and
+    /// stream ordering. Its capacity is `FASP_EMU_MEMORY_MIB` (default 4096).
+    pub fn emu() -> Result<Arc<Gpu>> {
+        Self::with_device(Arc::new(EmuDevice::new(emu_memory()?)))
+    }
+
+    pub fn with_device(dev: Arc<dyn Device>) -> Result<Arc<Gpu>> {
+        let compute = dev.default_stream();
+        let copy = dev.new_stream()?;
+        let sm_count = dev.sm_count();
         Ok(Arc::new(Gpu {
-            ctx,
-            stream,
-            copy,
-            blas,
-            solver: Mutex::new(None),
-            modules: Mutex::new(HashMap::new()),
-            functions: Mutex::new(HashMap::new()),
-            jit_ms: Mutex::new(Vec::new()),
-            device_name,
-            compute_capability,
+            stream: Stream { dev: dev.clone(), id: compute },
+            copy: Stream { dev: dev.clone(), id: copy },
             sm_count,
+            dev,
         }))
+    }
+
+    pub fn kind(&self) -> DeviceKind {
+        self.dev.kind()
     }
 
     /// One line describing the device.
     pub fn describe(&self) -> String {
-        let (ma, mi) = self.compute_capability;
-        format!("{} (sm_{ma}{mi}, {} SMs, PTX {})", self.device_name, self.sm_count, kernels::PTX_ARCH)
+        self.dev.describe()
     }
 
-    /// The cuSOLVER handle (cross-check path), created on first use.
-    pub fn solver(&self) -> Result<Arc<DnHandle>> {
-        let mut slot = self.solver.lock().expect("solver lock");
-        if let Some(h) = slot.as_ref() {
-            return Ok(h.clone());
-        }
-        // SAFETY: a dlopen of the candidate names; nothing is called.
-        if !unsafe { cudarc::cusolver::sys::is_culib_present() } {
-            return Err(FaspError::Cuda(format!(
-                "cannot load cuSOLVER (tried {}): add the folder holding libcusolver (e.g. site-packages/nvidia/cusolver/lib \
-                 of a PyTorch install) to LD_LIBRARY_PATH",
-                candidates("cusolver")
-            )));
-        }
-        self.ctx.bind_to_thread().map_err(|e| driver_err("binding the CUDA context", e))?;
-        let h = guarded("libcusolver", || DnHandle::new(self.stream.clone()))?
-            .map_err(|e| solver_err("cusolverDnCreate", e))?;
-        let h = Arc::new(h);
-        *slot = Some(h.clone());
-        Ok(h)
+    pub fn counters(&self) -> Counters {
+        self.dev.counters()
     }
 
-    fn module(&self, stem: &'static str) -> Result<Arc<CudaModule>> {
-        let mut modules = self.modules.lock().expect("module lock");
-        if let Some(m) = modules.get(stem) {
-            return Ok(m.clone());
-        }
-        let ptx = kernels::ALL
-            .iter()
-            .find(|(s, _)| *s == stem)
-            .map(|(_, p)| *p)
-            .ok_or_else(|| FaspError::Cuda(format!("no kernel module cuda/{stem}.cu in this build")))?;
-        if ptx.is_empty() {
-            return Err(FaspError::Cuda(format!("cuda/{stem}.cu was not compiled (run scripts/setup-cuda.sh and rebuild)")));
-        }
-        let t0 = Instant::now();
-        let m = self
-            .ctx
-            .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
-            .map_err(|e| driver_err(&format!("loading the PTX of cuda/{stem}.cu (driver JIT)"), e))?;
-        self.jit_ms.lock().expect("jit lock").push((stem, t0.elapsed().as_secs_f64() * 1e3));
-        modules.insert(stem, m.clone());
-        Ok(m)
-    }
-
-    /// The kernel `name` of module `stem`, loading the module on first use.
-    pub fn function(&self, stem: &'static str, name: &'static str) -> Result<CudaFunction> {
-        if let Some(f) = self.functions.lock().expect("function lock").get(name) {
-            return Ok(f.clone());
-        }
-        let m = self.module(stem)?;
-        let f = m.load_function(name).map_err(|e| driver_err(&format!("kernel {name} in cuda/{stem}.cu"), e))?;
-        self.functions.lock().expect("function lock").insert(name, f.clone());
-        Ok(f)
+    /// Launches a kernel on the compute stream (use the `launch!` macro).
+    pub fn launch(&self, module: &'static str, name: &'static str, cfg: &LaunchConfig, args: &[super::device::KArg]) -> Result<()> {
+        Ok(self.dev.launch(module, name, cfg, args, self.stream.id)?)
     }
 
     /// Loads every module now (e.g. to measure the JIT cost apart from the work).
     pub fn load_all(&self) -> Result<()> {
         for (stem, _) in kernels::ALL {
-            self.module(stem)?;
+            self.dev.load_module(stem)?;
         }
         Ok(())
     }
 
     /// Per-module load (JIT) times so far, in milliseconds.
     pub fn jit_times_ms(&self) -> Vec<(&'static str, f64)> {
-        self.jit_ms.lock().expect("jit lock").clone()
+        self.dev.jit_times_ms()
     }
 
     /// Waits for the compute stream and surfaces any asynchronous error.
     pub fn sync(&self) -> Result<()> {
-        self.stream.synchronize().map_err(|e| driver_err("synchronizing the compute stream", e))?;
-        self.ctx.check_err().map_err(|e| driver_err("an earlier asynchronous CUDA call", e))
+        self.stream.synchronize()
     }
 
     /// Uninitialised device memory for `len` elements on the compute stream.
-    pub fn alloc<T: DeviceRepr>(&self, len: usize, what: &str) -> Result<CudaSlice<T>> {
-        // SAFETY: the contents are unspecified until written; every user writes before reading.
-        unsafe { self.stream.alloc::<T>(len.max(1)) }.map_err(|e| alloc_err(what, len * std::mem::size_of::<T>(), e))
+    pub fn alloc<T: DeviceRepr>(&self, len: usize, what: &str) -> Result<DeviceBuf<T>> {
+        Ok(DeviceBuf::alloc(&self.dev, len, self.stream.id, what)?)
     }
 
-    pub fn zeros<T: DeviceRepr + ValidAsZeroBits>(&self, len: usize, what: &str) -> Result<CudaSlice<T>> {
-        self.stream.alloc_zeros::<T>(len.max(1)).map_err(|e| alloc_err(what, len * std::mem::size_of::<T>(), e))
+    pub fn zeros<T: DeviceRepr>(&self, len: usize, what: &str) -> Result<DeviceBuf<T>> {
+        let mut d = self.alloc::<T>(len, what)?;
+        self.memset_zero(&mut d)?;
+        Ok(d)
     }
 
     /// Device copy of host data (compute stream).
-    pub fn upload<T: DeviceRepr>(&self, host: &[T], what: &str) -> Result<CudaSlice<T>> {
+    pub fn upload<T: DeviceRepr>(&self, host: &[T], what: &str) -> Result<DeviceBuf<T>> {
         let mut d = self.alloc::<T>(host.len(), what)?;
         if !host.is_empty() {
-            self.stream.memcpy_htod(host, &mut d).map_err(|e| driver_err(&format!("upload of {what}"), e))?;
+            self.stream.memcpy_htod(host, &mut d)?;
         }
         Ok(d)
     }
 
     /// Host copy of the first `len` elements of a device buffer (synchronises the compute stream).
-    pub fn download<T: DeviceRepr + Default + Clone, D: DevicePtr<T>>(&self, d: &D, len: usize, what: &str) -> Result<Vec<T>> {
+    pub fn download<T: DeviceRepr, D: DevicePtr<T>>(&self, d: &D, len: usize, what: &str) -> Result<Vec<T>> {
         need(d, len, what)?;
         let mut host = vec![T::default(); len];
         if len > 0 {
-            let view = d_view(d, len);
-            self.stream.memcpy_dtoh(&view, &mut host).map_err(|e| driver_err(&format!("download of {what}"), e))?;
+            let bytes: &mut [u8] = bytemuck::cast_slice_mut(&mut host);
+            self.dev
+                .dtoh(bytes, d.addr(), std::mem::size_of::<T>(), self.stream.id)
+                .map_err(|e| FaspError::Cuda(format!("download of {what}: {e}")))?;
         }
-        self.sync()?;
         Ok(host)
     }
 
     /// Copies host data into the front of an existing buffer (e.g. NaN poison in tests).
-    pub fn upload_into<T: DeviceRepr>(&self, host: &[T], d: &mut CudaSlice<T>, what: &str) -> Result<()> {
+    pub fn upload_into<T: DeviceRepr>(&self, host: &[T], d: &mut DeviceBuf<T>, what: &str) -> Result<()> {
         if d.len() < host.len() {
             return Err(FaspError::Cuda(format!("{what}: {} values into a buffer of {}", host.len(), d.len())));
         }
         if host.is_empty() {
             return Ok(());
         }
-        let mut view = d.slice_mut(0..host.len());
-        self.stream.memcpy_htod(host, &mut view).map_err(|e| driver_err(&format!("upload of {what}"), e))
+        self.stream.memcpy_htod(host, d)
     }
 
-    pub fn memset_zero<T: DeviceRepr + ValidAsZeroBits>(&self, d: &mut CudaSlice<T>) -> Result<()> {
-        self.stream.memset_zeros(d).map_err(|e| driver_err("memset", e))
+    pub fn memset_zero<T: DeviceRepr>(&self, d: &mut impl DevicePtrMut<T>) -> Result<()> {
+        let bytes = d.len().max(1) * std::mem::size_of::<T>();
+        let bytes = bytes.min(d.len() * std::mem::size_of::<T>()).max(if d.len() == 0 { 0 } else { 1 });
+        Ok(self.dev.memset_zero(d.addr_mut(), bytes, self.stream.id)?)
     }
 
     /// `(free, total)` device memory in bytes.
     pub fn mem_info(&self) -> Result<(usize, usize)> {
-        self.ctx.mem_get_info().map_err(|e| driver_err("cuMemGetInfo", e))
+        Ok(self.dev.mem_info()?)
+    }
+
+    /// A new event (for ordering between streams and for GPU-side timing).
+    pub fn event(&self) -> Result<Event> {
+        Ok(Event { dev: self.dev.clone(), id: self.dev.new_event()? })
     }
 
     /// An event that records timing, for GPU-side measurements.
-    pub fn timing_event(&self) -> Result<cudarc::driver::CudaEvent> {
-        self.ctx
-            .new_event(Some(sys::CUevent_flags::CU_EVENT_DEFAULT))
-            .map_err(|e| driver_err("creating a timing event", e))
+    pub fn timing_event(&self) -> Result<Event> {
+        self.event()
     }
-}
-
-/// A view of the first `len` elements (DevicePtr has no slicing; CudaSlice and views do).
-fn d_view<T, D: DevicePtr<T>>(d: &D, len: usize) -> DevPrefix<'_, T, D> {
-    DevPrefix { inner: d, len, _t: std::marker::PhantomData }
-}
-
-/// `DevicePtr` over a prefix of another buffer (used by `download`).
-struct DevPrefix<'a, T, D: DevicePtr<T> + ?Sized> {
-    inner: &'a D,
-    len: usize,
-    _t: std::marker::PhantomData<T>,
-}
-
-impl<T, D: DevicePtr<T> + ?Sized> DeviceSlice<T> for DevPrefix<'_, T, D> {
-    fn len(&self) -> usize {
-        self.len
-    }
-    fn stream(&self) -> &Arc<CudaStream> {
-        self.inner.stream()
-    }
-}
-
-impl<T, D: DevicePtr<T> + ?Sized> DevicePtr<T> for DevPrefix<'_, T, D> {
-    fn device_ptr<'b>(&'b self, stream: &'b CudaStream) -> (sys::CUdeviceptr, cudarc::driver::SyncOnDrop<'b>) {
-        self.inner.device_ptr(stream)
-    }
-}
-
-fn alloc_err(what: &str, bytes: usize, e: DriverError) -> FaspError {
-    FaspError::Cuda(format!("allocating {:.1} MiB of device memory for {what}: {e}", bytes as f64 / (1 << 20) as f64))
 }
 
 /// bf16 as stored on the device: the bit pattern of a `half::bf16` (`__nv_bfloat16` in the
 /// kernels). A local type, because cudarc implements `DeviceRepr` for `half` types only behind a
 /// feature this crate does not enable.
 #[repr(transparent)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, bytemuck::Pod, bytemuck::Zeroable)]
 pub struct Bf16(pub u16);
 
-// SAFETY: a plain 2-byte value with the layout of `__nv_bfloat16`; all-zero bits are +0.0.
-unsafe impl DeviceRepr for Bf16 {}
-// SAFETY: as above.
-unsafe impl ValidAsZeroBits for Bf16 {}
+impl DeviceRepr for Bf16 {}
+impl super::device::KernelParam for Bf16 {}
 
 impl From<half::bf16> for Bf16 {
     fn from(v: half::bf16) -> Bf16 {

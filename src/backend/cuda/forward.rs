@@ -6,12 +6,12 @@
 
 use super::context::{Bf16, c_int, cfg, grid_1d, launch, need, Gpu};
 use crate::error::Result;
-use cudarc::driver::{DevicePtr, DevicePtrMut};
+use super::context::{DevicePtr, DevicePtrMut, LaunchConfig};
 
 const NULL: u64 = 0;
 
 /// Rows per norm block are one row each; `min(rows, 2^21)` blocks of 256 threads.
-fn norm_cfg(rows: usize) -> cudarc::driver::LaunchConfig {
+fn norm_cfg(rows: usize) -> LaunchConfig {
     cfg((rows.clamp(1, 1 << 21) as u32, 1, 1), (256, 1, 1))
 }
 
@@ -32,11 +32,10 @@ pub fn layernorm(
     if rows == 0 {
         return Ok(());
     }
-    let s = &gpu.stream;
-    let (px, _gx) = x.device_ptr(s);
-    let (pg, _gg) = opt_ptr(gamma, d, s, "layernorm gamma")?;
-    let (pb, _gb) = opt_ptr(beta, d, s, "layernorm beta")?;
-    let (py, _gy) = y.device_ptr_mut(s);
+    let px = x.addr();
+    let pg = opt_ptr(gamma, d, "layernorm gamma")?;
+    let pb = opt_ptr(beta, d, "layernorm beta")?;
+    let py = y.addr_mut();
     let (r, dd) = (c_int(rows, "rows")?, c_int(d, "d")?);
     launch!(gpu, "norm", "fasp_layernorm_f32", norm_cfg(rows), [px, pg, pb, py, r, dd, eps])
 }
@@ -56,10 +55,9 @@ pub fn rmsnorm(
     if rows == 0 {
         return Ok(());
     }
-    let s = &gpu.stream;
-    let (px, _gx) = x.device_ptr(s);
-    let (pw, _gw) = opt_ptr(weight, d, s, "rmsnorm weight")?;
-    let (py, _gy) = y.device_ptr_mut(s);
+    let px = x.addr();
+    let pw = opt_ptr(weight, d, "rmsnorm weight")?;
+    let py = y.addr_mut();
     let (r, dd) = (c_int(rows, "rows")?, c_int(d, "d")?);
     launch!(gpu, "norm", "fasp_rmsnorm_f32", norm_cfg(rows), [px, pw, py, r, dd, eps])
 }
@@ -86,9 +84,8 @@ pub fn rope(
     if total == 0 {
         return Ok(());
     }
-    let s = &gpu.stream;
-    let (pf, _gf) = opt_ptr(inv_freq, head_dim / 2, s, "rope inv_freq")?;
-    let (px, _gx) = x.device_ptr_mut(s);
+    let pf = opt_ptr(inv_freq, head_dim / 2, "rope inv_freq")?;
+    let px = x.addr_mut();
     let pos = NULL;
     let (nt, nh, hd, l, sl) =
         (c_int(ntok, "ntok")?, c_int(nheads, "heads")?, c_int(head_dim, "head_dim")?, c_int(ld, "ld")?, c_int(seqlen.max(1), "seqlen")?);
@@ -103,7 +100,7 @@ pub fn softmax_causal(gpu: &Gpu, s: &mut impl DevicePtrMut<f32>, nmat: usize, l:
     if rows == 0 {
         return Ok(());
     }
-    let (ps, _gs) = s.device_ptr_mut(&gpu.stream);
+    let ps = s.addr_mut();
     let (nm, ll) = (c_int(nmat, "nmat")?, c_int(l, "L")?);
     let grid = rows.min(i32::MAX as usize) as u32;
     launch!(gpu, "attention", "fasp_attention_softmax_causal_f32", cfg((grid, 1, 1), (256, 1, 1)), [ps, nm, ll, scale])
@@ -133,9 +130,8 @@ pub fn split_heads(
     if total == 0 {
         return Ok(());
     }
-    let s = &gpu.stream;
-    let (ps, _gs) = src.device_ptr(s);
-    let (pd, _gd) = dst.device_ptr_mut(s);
+    let ps = src.addr();
+    let pd = dst.addr_mut();
     let (b, ll, h, hd, lds, c0, g) = (
         c_int(batch, "batch")?,
         c_int(l, "L")?,
@@ -164,14 +160,13 @@ pub fn merge_heads(
     if total == 0 {
         return Ok(());
     }
-    let s = &gpu.stream;
-    let (ps, _gs) = src.device_ptr(s);
-    let (pd, _gd) = dst.device_ptr_mut(s);
+    let ps = src.addr();
+    let pd = dst.addr_mut();
     let (b, ll, h, hd) = (c_int(batch, "batch")?, c_int(l, "L")?, c_int(heads, "heads")?, c_int(head_dim, "head_dim")?);
     launch!(gpu, "attention", "fasp_attention_merge_heads_f32", cfg((grid_1d(total, 256), 1, 1), (256, 1, 1)), [ps, b, ll, h, hd, pd])
 }
 
-fn ew_cfg(n: usize) -> cudarc::driver::LaunchConfig {
+fn ew_cfg(n: usize) -> LaunchConfig {
     cfg((grid_1d(n, 256), 1, 1), (256, 1, 1))
 }
 
@@ -181,7 +176,7 @@ pub fn relu(gpu: &Gpu, x: &mut impl DevicePtrMut<f32>, n: usize) -> Result<()> {
     if n == 0 {
         return Ok(());
     }
-    let (px, _gx) = x.device_ptr_mut(&gpu.stream);
+    let px = x.addr_mut();
     let nn = n as i64;
     launch!(gpu, "elementwise", "fasp_relu_f32", ew_cfg(n), [px, nn])
 }
@@ -193,8 +188,8 @@ pub fn silu_mul_into_up(gpu: &Gpu, gate: &impl DevicePtr<f32>, up: &mut impl Dev
     if n == 0 {
         return Ok(());
     }
-    let (pg, _gg) = gate.device_ptr(&gpu.stream);
-    let (pu, _gu) = up.device_ptr_mut(&gpu.stream);
+    let pg = gate.addr();
+    let pu = up.addr_mut();
     let (po, nn) = (pu, n as i64);
     launch!(gpu, "elementwise", "fasp_silu_mul_f32", ew_cfg(n), [pg, pu, po, nn])
 }
@@ -213,9 +208,9 @@ pub fn silu_mul(
     if n == 0 {
         return Ok(());
     }
-    let (pg, _gg) = gate.device_ptr(&gpu.stream);
-    let (pu, _gu) = up.device_ptr(&gpu.stream);
-    let (po, _go) = out.device_ptr_mut(&gpu.stream);
+    let pg = gate.addr();
+    let pu = up.addr();
+    let po = out.addr_mut();
     let nn = n as i64;
     launch!(gpu, "elementwise", "fasp_silu_mul_f32", ew_cfg(n), [pg, pu, po, nn])
 }
@@ -228,9 +223,9 @@ pub fn add(gpu: &Gpu, a: &impl DevicePtr<f32>, b: &impl DevicePtr<f32>, out: &mu
     if n == 0 {
         return Ok(());
     }
-    let (pa, _ga) = a.device_ptr(&gpu.stream);
-    let (pb, _gb) = b.device_ptr(&gpu.stream);
-    let (po, _go) = out.device_ptr_mut(&gpu.stream);
+    let pa = a.addr();
+    let pb = b.addr();
+    let po = out.addr_mut();
     let nn = n as i64;
     launch!(gpu, "elementwise", "fasp_add_f32", ew_cfg(n), [pa, pb, po, nn])
 }
@@ -242,8 +237,8 @@ pub fn add_assign(gpu: &Gpu, acc: &mut impl DevicePtrMut<f32>, b: &impl DevicePt
     if n == 0 {
         return Ok(());
     }
-    let (pb, _gb) = b.device_ptr(&gpu.stream);
-    let (pa, _ga) = acc.device_ptr_mut(&gpu.stream);
+    let pb = b.addr();
+    let pa = acc.addr_mut();
     let (po, nn) = (pa, n as i64);
     launch!(gpu, "elementwise", "fasp_add_f32", ew_cfg(n), [pa, pb, po, nn])
 }
@@ -255,8 +250,8 @@ pub fn add_bias(gpu: &Gpu, x: &mut impl DevicePtrMut<f32>, bias: &impl DevicePtr
     if rows * cols == 0 {
         return Ok(());
     }
-    let (pb, _gb) = bias.device_ptr(&gpu.stream);
-    let (px, _gx) = x.device_ptr_mut(&gpu.stream);
+    let pb = bias.addr();
+    let px = x.addr_mut();
     let (r, c) = (c_int(rows, "rows")?, c_int(cols, "cols")?);
     launch!(gpu, "elementwise", "fasp_add_bias_f32", ew_cfg(rows * cols), [px, pb, r, c])
 }
@@ -268,8 +263,8 @@ pub fn to_bf16(gpu: &Gpu, src: &impl DevicePtr<f32>, dst: &mut impl DevicePtrMut
     if n == 0 {
         return Ok(());
     }
-    let (ps, _gs) = src.device_ptr(&gpu.stream);
-    let (pd, _gd) = dst.device_ptr_mut(&gpu.stream);
+    let ps = src.addr();
+    let pd = dst.addr_mut();
     let nn = n as i64;
     launch!(gpu, "elementwise", "fasp_convert_f32_to_bf16", ew_cfg(n), [ps, pd, nn])
 }
@@ -281,8 +276,8 @@ pub fn from_bf16(gpu: &Gpu, src: &impl DevicePtr<Bf16>, dst: &mut impl DevicePtr
     if n == 0 {
         return Ok(());
     }
-    let (ps, _gs) = src.device_ptr(&gpu.stream);
-    let (pd, _gd) = dst.device_ptr_mut(&gpu.stream);
+    let ps = src.addr();
+    let pd = dst.addr_mut();
     let nn = n as i64;
     launch!(gpu, "elementwise", "fasp_convert_bf16_to_f32", ew_cfg(n), [ps, pd, nn])
 }
@@ -295,8 +290,8 @@ pub fn check_finite(gpu: &Gpu, x: &impl DevicePtr<f32>, n: usize, flag: &mut imp
     if n == 0 {
         return Ok(());
     }
-    let (px, _gx) = x.device_ptr(&gpu.stream);
-    let (pf, _gf) = flag.device_ptr_mut(&gpu.stream);
+    let px = x.addr();
+    let pf = flag.addr_mut();
     let nn = n as i64;
     launch!(gpu, "elementwise", "fasp_check_finite_f32", ew_cfg(n), [px, nn, pf])
 }
@@ -308,8 +303,8 @@ pub fn check_finite_bf16(gpu: &Gpu, x: &impl DevicePtr<Bf16>, n: usize, flag: &m
     if n == 0 {
         return Ok(());
     }
-    let (px, _gx) = x.device_ptr(&gpu.stream);
-    let (pf, _gf) = flag.device_ptr_mut(&gpu.stream);
+    let px = x.addr();
+    let pf = flag.addr_mut();
     let nn = n as i64;
     launch!(gpu, "elementwise", "fasp_check_finite_bf16", ew_cfg(n), [px, nn, pf])
 }
@@ -321,7 +316,7 @@ pub fn all_finite(gpu: &Gpu, x: &impl DevicePtr<f32>, n: usize) -> Result<bool> 
     Ok(gpu.download(&flag, 1, "finite flag")?[0] == 0)
 }
 
-fn embed_cfg(ntok: usize, d: usize) -> cudarc::driver::LaunchConfig {
+fn embed_cfg(ntok: usize, d: usize) -> LaunchConfig {
     cfg((d.div_ceil(256).max(1) as u32, ntok.clamp(1, 65535) as u32, 1), (256, 1, 1))
 }
 
@@ -341,9 +336,9 @@ pub fn embed_gather(
     if ntok * d == 0 {
         return Ok(());
     }
-    let (pi, _gi) = ids.device_ptr(&gpu.stream);
-    let (pt, _gt) = table.device_ptr(&gpu.stream);
-    let (po, _go) = out.device_ptr_mut(&gpu.stream);
+    let pi = ids.addr();
+    let pt = table.addr();
+    let po = out.addr_mut();
     let (nt, v, dd) = (c_int(ntok, "ntok")?, c_int(vocab, "vocab")?, c_int(d, "d")?);
     launch!(gpu, "embed", "fasp_embed_gather_f32", embed_cfg(ntok, d), [pi, nt, pt, v, dd, po])
 }
@@ -364,9 +359,9 @@ pub fn embed_gather_bf16(
     if ntok * d == 0 {
         return Ok(());
     }
-    let (pi, _gi) = ids.device_ptr(&gpu.stream);
-    let (pt, _gt) = table.device_ptr(&gpu.stream);
-    let (po, _go) = out.device_ptr_mut(&gpu.stream);
+    let pi = ids.addr();
+    let pt = table.addr();
+    let po = out.addr_mut();
     let (nt, v, dd) = (c_int(ntok, "ntok")?, c_int(vocab, "vocab")?, c_int(d, "d")?);
     launch!(gpu, "embed", "fasp_embed_gather_bf16", embed_cfg(ntok, d), [pi, nt, pt, v, dd, po])
 }
@@ -388,8 +383,8 @@ pub fn embed_add_positions(
     if ntok * d == 0 {
         return Ok(());
     }
-    let (pt, _gt) = pos_table.device_ptr(&gpu.stream);
-    let (po, _go) = out.device_ptr_mut(&gpu.stream);
+    let pt = pos_table.addr();
+    let po = out.addr_mut();
     let pp = NULL;
     let (nt, dd, np, sl, off) =
         (c_int(ntok, "ntok")?, c_int(d, "d")?, c_int(npos, "npos")?, c_int(seqlen.max(1), "seqlen")?, c_int(offset, "offset")?);
@@ -398,33 +393,27 @@ pub fn embed_add_positions(
 
 /// An optional f32 device argument (nullable kernel pointers) as a trait object.
 pub trait DevicePtrF32 {
-    fn ptr<'a>(&'a self, stream: &'a cudarc::driver::CudaStream) -> (u64, cudarc::driver::SyncOnDrop<'a>);
+    fn ptr(&self) -> u64;
     fn elems(&self) -> usize;
 }
 
 impl<D: DevicePtr<f32>> DevicePtrF32 for D {
-    fn ptr<'a>(&'a self, stream: &'a cudarc::driver::CudaStream) -> (u64, cudarc::driver::SyncOnDrop<'a>) {
-        self.device_ptr(stream)
+    fn ptr(&self) -> u64 {
+        self.addr()
     }
     fn elems(&self) -> usize {
         self.len()
     }
 }
 
-fn opt_ptr<'a>(
-    p: Option<&'a dyn DevicePtrF32>,
-    need_len: usize,
-    s: &'a cudarc::driver::CudaStream,
-    what: &str,
-) -> Result<(u64, Option<cudarc::driver::SyncOnDrop<'a>>)> {
+fn opt_ptr(p: Option<&dyn DevicePtrF32>, need_len: usize, what: &str) -> Result<u64> {
     match p {
-        None => Ok((NULL, None)),
+        None => Ok(NULL),
         Some(p) => {
             if p.elems() < need_len {
                 return Err(crate::FaspError::Cuda(format!("{what}: {} elements, needs {need_len}", p.elems())));
             }
-            let (ptr, g) = p.ptr(s);
-            Ok((ptr, Some(g)))
+            Ok(p.ptr())
         }
     }
 }

@@ -11,7 +11,7 @@ use super::forward as fw;
 use super::weights::{DevLinear, DevNorm};
 use crate::error::{FaspError, Result};
 use crate::model::{Family, ModelConfig};
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
+use super::context::{DeviceBuf, DevicePtr, DevicePtrMut, DeviceSlice};
 
 /// `y = norm(x)`: LayerNorm when the norm has a bias (OPT), RMSNorm otherwise (as the CPU).
 pub fn norm(gpu: &Gpu, n: &DevNorm, x: &impl DevicePtr<f32>, y: &mut impl DevicePtrMut<f32>, rows: usize, d: usize, eps: f32) -> Result<()> {
@@ -40,15 +40,15 @@ pub struct AttnWeights {
 
 /// Per-chunk scratch of the attention half.
 pub struct AttnScratch {
-    xn: CudaSlice<f32>,
-    q: CudaSlice<f32>,
-    k: CudaSlice<f32>,
-    v: CudaSlice<f32>,
-    qh: CudaSlice<f32>,
-    kh: CudaSlice<f32>,
-    vh: CudaSlice<f32>,
-    oh: CudaSlice<f32>,
-    s: CudaSlice<f32>,
+    xn: DeviceBuf<f32>,
+    q: DeviceBuf<f32>,
+    k: DeviceBuf<f32>,
+    v: DeviceBuf<f32>,
+    qh: DeviceBuf<f32>,
+    kh: DeviceBuf<f32>,
+    vh: DeviceBuf<f32>,
+    oh: DeviceBuf<f32>,
+    s: DeviceBuf<f32>,
     /// Windows per chunk and per attention sub-batch.
     pub chunk_windows: usize,
     pub attn_windows: usize,
@@ -82,7 +82,7 @@ pub fn attn_context(
     gpu: &Gpu,
     cfg: &ModelConfig,
     w: &AttnWeights,
-    inv_freq: Option<&CudaSlice<f32>>,
+    inv_freq: Option<&DeviceBuf<f32>>,
     x: &impl DevicePtr<f32>,
     nwin: usize,
     seqlen: usize,
@@ -146,21 +146,19 @@ pub struct SubMut<'a, D: DevicePtrMut<f32>> {
     to: usize,
 }
 
-impl<D: DevicePtrMut<f32>> cudarc::driver::DeviceSlice<f32> for SubMut<'_, D> {
+impl<D: DevicePtrMut<f32>> DeviceSlice<f32> for SubMut<'_, D> {
     fn len(&self) -> usize {
         self.to - self.from
     }
-    fn stream(&self) -> &std::sync::Arc<cudarc::driver::CudaStream> {
-        self.inner.stream()
+}
+
+impl<D: DevicePtrMut<f32>> DevicePtr<f32> for SubMut<'_, D> {
+    fn addr(&self) -> u64 {
+        self.inner.addr() + (self.from * 4) as u64
     }
 }
 
-impl<D: DevicePtrMut<f32>> DevicePtrMut<f32> for SubMut<'_, D> {
-    fn device_ptr_mut<'b>(&'b mut self, stream: &'b cudarc::driver::CudaStream) -> (u64, cudarc::driver::SyncOnDrop<'b>) {
-        let (p, g) = self.inner.device_ptr_mut(stream);
-        (p + (self.from * 4) as u64, g)
-    }
-}
+impl<D: DevicePtrMut<f32>> DevicePtrMut<f32> for SubMut<'_, D> {}
 
 /// The MLP half's weights on the device (`up` = fc1 / up_proj, `gate` = gate_proj).
 pub struct MlpWeights {
@@ -171,10 +169,10 @@ pub struct MlpWeights {
 
 /// Per-chunk scratch of the MLP half.
 pub struct MlpScratch {
-    xn: CudaSlice<f32>,
-    gate: Option<CudaSlice<f32>>,
-    pub act: CudaSlice<f32>,
-    pub tmp: CudaSlice<f32>,
+    xn: DeviceBuf<f32>,
+    gate: Option<DeviceBuf<f32>>,
+    pub act: DeviceBuf<f32>,
+    pub tmp: DeviceBuf<f32>,
     pub chunk_windows: usize,
 }
 

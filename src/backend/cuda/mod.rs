@@ -1,6 +1,7 @@
 //! The CUDA backend: the same pipeline steps as `backend::cpu`, on one GPU.
 //!
-//! - `context`: device, streams, cuBLAS/cuSOLVER handles, the PTX module cache, `launch!`.
+//! - `device`: the narrow device interface, its real (cudarc) and emulated implementations.
+//! - `context`: the device with its compute and copy streams, typed buffers, `launch!`.
 //! - thin wrappers, one per kernel family (the only `unsafe` besides `blas`): `score`, `topk`,
 //!   `compact`, `cholesky` (+ cuSOLVER), `forward` (norm/rope/attention/elementwise/embed),
 //!   `stats`; `blas` holds the cuBLAS calls.
@@ -25,6 +26,7 @@ pub mod blas;
 pub mod cholesky;
 pub mod compact;
 pub mod context;
+pub mod device;
 pub mod forward;
 pub mod layer;
 pub mod restore;
@@ -40,7 +42,7 @@ use crate::error::{FaspError, Result};
 use crate::model::{Family, LayerWeights, ModelConfig};
 use crate::prune::restore::Restored;
 use crate::tensor::{Gram, Mat};
-use cudarc::driver::CudaSlice;
+use context::DeviceBuf;
 use layer::{AttnScratch, AttnWeights, MlpScratch, MlpWeights};
 use std::sync::Arc;
 use weights::TensorCache;
@@ -82,13 +84,13 @@ pub struct CudaBackend {
     hidden_width: usize,
     /// Hidden states of every window: the layer's input, or (after `mlp_stats`) the residual
     /// stream after the pruned attention.
-    hidden: Option<CudaSlice<f32>>,
+    hidden: Option<DeviceBuf<f32>>,
     /// Whether `hidden` holds the post-attention residual (between `mlp_stats` and `advance`).
     mid: bool,
     /// Dense attention context and its width.
-    ctx: Option<(CudaSlice<f32>, usize)>,
+    ctx: Option<(DeviceBuf<f32>, usize)>,
     cache: TensorCache,
-    inv_freq: Option<(Vec<f32>, CudaSlice<f32>)>,
+    inv_freq: Option<(Vec<f32>, DeviceBuf<f32>)>,
 }
 
 fn missing(step: &str) -> FaspError {
@@ -104,6 +106,11 @@ impl CudaBackend {
     /// missing.
     pub fn new() -> Result<CudaBackend> {
         Self::with_gpu(Gpu::new(0)?)
+    }
+
+    /// The emulated device (`--device emu`): the same kernels and host code on the CPU.
+    pub fn emu() -> Result<CudaBackend> {
+        Self::with_gpu(Gpu::emu()?)
     }
 
     pub fn with_gpu(gpu: Arc<Gpu>) -> Result<CudaBackend> {
@@ -183,7 +190,10 @@ impl CudaBackend {
 
 impl Backend for CudaBackend {
     fn name(&self) -> String {
-        format!("cuda ({})", self.gpu.describe())
+        match self.gpu.kind() {
+            device::DeviceKind::Cuda => format!("cuda ({})", self.gpu.describe()),
+            device::DeviceKind::Emu => format!("emu ({})", self.gpu.describe()),
+        }
     }
 
     fn begin(&mut self, inps: Mat, seqlen: usize) -> Result<()> {
@@ -193,9 +203,15 @@ impl Backend for CudaBackend {
         if seqlen == 0 || !inps.rows.is_multiple_of(seqlen) {
             return Err(FaspError::Calib(format!("{} tokens do not form windows of {seqlen}", inps.rows)));
         }
+        if self.chunk_tokens < seqlen {
+            return Err(FaspError::Arg(format!(
+                "FASP_CUDA_CHUNK_TOKENS={} is smaller than one calibration window ({seqlen} tokens); chunks hold whole windows",
+                self.chunk_tokens
+            )));
+        }
         self.hidden = None;
         self.ctx = None;
-        self.cache.clear();
+        self.cache.clear(&self.gpu)?;
         self.hidden = Some(self.gpu.upload(&inps.data, "hidden states")?);
         self.seqlen = seqlen;
         self.tokens = inps.rows;
@@ -356,7 +372,7 @@ impl Backend for CudaBackend {
             forward::check_finite(&gpu, &h, rows * d, &mut flag)?;
         }
         self.mid = false;
-        self.cache.end_layer();
+        self.cache.end_layer(&gpu)?;
         if gpu.download(&flag, 1, "finite flag")?[0] != 0 {
             return Err(nonfinite("layer output"));
         }

@@ -22,7 +22,7 @@ use super::{blas, Solver};
 use crate::error::Result;
 use crate::prune::restore::{no_restore, restored_err2, Restored, MAX_RETRIES};
 use crate::tensor::{Gram, Mat};
-use cudarc::driver::CudaSlice;
+use super::context::DeviceBuf;
 
 /// `mean(diag H[S,S])` in f64, and the CPU's early exits (non-finite; all kept channels dead).
 fn mean_diag(h: &Gram, s: &[usize]) -> Result<Option<f64>, String> {
@@ -82,7 +82,7 @@ fn run(gpu: &Gpu, w2: &Mat, h: &Gram, s: &[usize], p: &[usize], damp: f64, mean:
     let mut damp_used = damp;
     for retry in 0..=MAX_RETRIES {
         let lambda = damp_used * mean;
-        gpu.stream.memcpy_dtod(&hss, &mut a).map_err(|e| super::context::driver_err("copy of H[S,S]", e))?;
+        gpu.stream.memcpy_dtod(&hss, &mut a)?;
         cholesky::add_diag(gpu, &mut a, shape, lambda as f32)?;
         let ok = match (&mut potrf, solver) {
             (Some(pf), _) => {
@@ -124,7 +124,7 @@ fn run(gpu: &Gpu, w2: &Mat, h: &Gram, s: &[usize], p: &[usize], damp: f64, mean:
 
 /// Whether the factor is finite (the strict upper triangle holds finite H values, so the whole
 /// matrix can be checked).
-fn lower_finite(gpu: &Gpu, a: &CudaSlice<f32>, n: usize) -> Result<bool> {
+fn lower_finite(gpu: &Gpu, a: &DeviceBuf<f32>, n: usize) -> Result<bool> {
     fw::all_finite(gpu, a, n * n)
 }
 
@@ -196,7 +196,7 @@ pub fn restore_batch(gpu: &Gpu, probs: &[Problem], trailing: Trailing) -> Result
             packed[r * nmax..r * nmax + ns].copy_from_slice(&mh[r * ns..(r + 1) * ns]);
         }
         let mut view = m_all.slice_mut(b * rmax * nmax..(b + 1) * rmax * nmax);
-        gpu.stream.memcpy_htod(&packed, &mut view).map_err(|e| super::context::driver_err("packing M", e))?;
+        gpu.stream.memcpy_htod(&packed, &mut view)?;
         b_host.push(mh);
     }
     let da0 = gpu.upload(&a0, "batched H[S,S]")?;
@@ -209,7 +209,7 @@ pub fn restore_batch(gpu: &Gpu, probs: &[Problem], trailing: Trailing) -> Result
     for pass in 0..=MAX_RETRIES {
         // every pass refactors the whole batch; a problem that succeeded keeps its damp, so it
         // succeeds again with the same λ (the kernels are deterministic)
-        gpu.stream.memcpy_dtod(&da0, &mut a).map_err(|e| super::context::driver_err("copy of H[S,S]", e))?;
+        gpu.stream.memcpy_dtod(&da0, &mut a)?;
         let lam: Vec<f32> = active.iter().map(|&(_, mean, damp_used)| (damp_used * mean) as f32).collect();
         let dlam = gpu.upload(&lam, "λ per matrix")?;
         cholesky::add_diag_scaled(gpu, &mut a, shape, 1.0, &dlam)?;

@@ -6,7 +6,7 @@
 
 use super::context::{Bf16, c_int, cfg, grid_1d, launch, need, Gpu};
 use crate::error::Result;
-use cudarc::driver::{DevicePtr, DevicePtrMut};
+use super::context::{DevicePtr, DevicePtrMut};
 
 /// How the column pass is launched.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,10 +49,9 @@ pub fn column_scores(
     let (r, c) = (c_int(rows, "rows")?, c_int(cols, "cols")?);
     match path {
         ScorePath::Single => {
-            let s = &gpu.stream;
-            let (pw, _gw) = w2.device_ptr(s);
-            let (ph, _gh) = hdiag.device_ptr(s);
-            let (po, _go) = colscore.device_ptr_mut(s);
+            let pw = w2.addr();
+            let ph = hdiag.addr();
+            let po = colscore.addr_mut();
             launch!(gpu, "score", "fasp_score_columns_f32", cfg((grid_1d(cols, 256), 1, 1), (256, 1, 1)), [pw, r, c, ph, po])
         }
         ScorePath::Split { rows_per_split } => {
@@ -60,9 +59,8 @@ pub fn column_scores(
             let nsplit = rows.div_ceil(rps).max(1);
             let mut partial = gpu.alloc::<f64>(nsplit * cols, "score partial sums")?;
             {
-                let s = &gpu.stream;
-                let (pw, _gw) = w2.device_ptr(s);
-                let (pp, _gp) = partial.device_ptr_mut(s);
+                let pw = w2.addr();
+                let pp = partial.addr_mut();
                 let crps = c_int(rps, "rows_per_split")?;
                 let grid = (cols.div_ceil(256) as u32, c_int(nsplit, "splits")? as u32, 1);
                 launch!(gpu, "score", "fasp_score_columns_partial_f32", cfg(grid, (256, 1, 1)), [pw, r, c, crps, pp])?;
@@ -92,10 +90,9 @@ pub fn column_scores_bf16(
     let (r, c) = (c_int(rows, "rows")?, c_int(cols, "cols")?);
     match path {
         ScorePath::Single => {
-            let s = &gpu.stream;
-            let (pw, _gw) = w2.device_ptr(s);
-            let (ph, _gh) = hdiag.device_ptr(s);
-            let (po, _go) = colscore.device_ptr_mut(s);
+            let pw = w2.addr();
+            let ph = hdiag.addr();
+            let po = colscore.addr_mut();
             launch!(gpu, "score", "fasp_score_columns_bf16", cfg((grid_1d(cols, 256), 1, 1), (256, 1, 1)), [pw, r, c, ph, po])
         }
         ScorePath::Split { rows_per_split } => {
@@ -103,9 +100,8 @@ pub fn column_scores_bf16(
             let nsplit = rows.div_ceil(rps).max(1);
             let mut partial = gpu.alloc::<f64>(nsplit * cols, "score partial sums")?;
             {
-                let s = &gpu.stream;
-                let (pw, _gw) = w2.device_ptr(s);
-                let (pp, _gp) = partial.device_ptr_mut(s);
+                let pw = w2.addr();
+                let pp = partial.addr_mut();
                 let crps = c_int(rps, "rows_per_split")?;
                 let grid = (cols.div_ceil(256) as u32, c_int(nsplit, "splits")? as u32, 1);
                 launch!(gpu, "score", "fasp_score_columns_partial_bf16", cfg(grid, (256, 1, 1)), [pw, r, c, crps, pp])?;
@@ -130,10 +126,9 @@ pub fn finish(
     if cols == 0 {
         return Ok(());
     }
-    let s = &gpu.stream;
-    let (pp, _gp) = partial.device_ptr(s);
-    let (ph, _gh) = hdiag.device_ptr(s);
-    let (po, _go) = colscore.device_ptr_mut(s);
+    let pp = partial.addr();
+    let ph = hdiag.addr();
+    let po = colscore.addr_mut();
     let (ns, c) = (c_int(nsplit, "splits")?, c_int(cols, "cols")?);
     launch!(gpu, "score", "fasp_score_columns_finish", cfg((grid_1d(cols, 256), 1, 1), (256, 1, 1)), [pp, ns, c, ph, po])
 }
@@ -153,9 +148,8 @@ pub fn unit_scores(
     if n == 0 {
         return Ok(());
     }
-    let s = &gpu.stream;
-    let (pc, _gc) = colscore.device_ptr(s);
-    let (pu, _gu) = unitscore.device_ptr_mut(s);
+    let pc = colscore.addr();
+    let pu = unitscore.addr_mut();
     let (kv, hd, g) = (c_int(kv_heads, "kv_heads")?, c_int(head_dim, "head_dim")?, c_int(group, "group")?);
     launch!(gpu, "score", "fasp_score_units_f32", cfg((grid_1d(n, 256), 1, 1), (256, 1, 1)), [pc, kv, hd, g, pu])
 }

@@ -10,7 +10,7 @@ use super::context::{c_int, cfg, grid_1d, launch, need, Gpu};
 use crate::backend::PairStats;
 use crate::error::Result;
 use crate::tensor::Gram;
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut};
+use super::context::{DeviceBuf, DevicePtr, DevicePtrMut};
 
 /// `fasp_stats_diag_f32`: `diag[i] = H[i][i]`.
 pub fn diag(gpu: &Gpu, h: &impl DevicePtr<f32>, n: usize, ldh: usize, out: &mut impl DevicePtrMut<f32>) -> Result<()> {
@@ -19,8 +19,8 @@ pub fn diag(gpu: &Gpu, h: &impl DevicePtr<f32>, n: usize, ldh: usize, out: &mut 
     if n == 0 {
         return Ok(());
     }
-    let (ph, _gh) = h.device_ptr(&gpu.stream);
-    let (po, _go) = out.device_ptr_mut(&gpu.stream);
+    let ph = h.addr();
+    let po = out.addr_mut();
     let (cn, cl) = (c_int(n, "n")?, c_int(ldh, "ldh")?);
     launch!(gpu, "stats", "fasp_stats_diag_f32", cfg((grid_1d(n, 256), 1, 1), (256, 1, 1)), [ph, cn, cl, po])
 }
@@ -31,7 +31,7 @@ pub fn symmetrize(gpu: &Gpu, h: &mut impl DevicePtrMut<f32>, n: usize, ldh: usiz
     if n == 0 {
         return Ok(());
     }
-    let (ph, _gh) = h.device_ptr_mut(&gpu.stream);
+    let ph = h.addr_mut();
     let (cn, cl, fl) = (c_int(n, "n")?, c_int(ldh, "ldh")?, from_lower as i32);
     let g = n.div_ceil(32) as u32;
     launch!(gpu, "stats", "fasp_stats_symmetrize_f32", cfg((g, g, 1), (32, 8, 1)), [ph, cn, cl, fl])
@@ -44,8 +44,8 @@ pub fn accumulate_f64(gpu: &Gpu, acc: &mut impl DevicePtrMut<f64>, x: &impl Devi
     if n == 0 {
         return Ok(());
     }
-    let (px, _gx) = x.device_ptr(&gpu.stream);
-    let (pa, _ga) = acc.device_ptr_mut(&gpu.stream);
+    let px = x.addr();
+    let pa = acc.addr_mut();
     let nn = n as i64;
     launch!(gpu, "stats", "fasp_stats_accumulate_f64", cfg((grid_1d(n, 256), 1, 1), (256, 1, 1)), [pa, px, nn])
 }
@@ -57,8 +57,8 @@ pub fn f64_to_f32(gpu: &Gpu, src: &impl DevicePtr<f64>, dst: &mut impl DevicePtr
     if n == 0 {
         return Ok(());
     }
-    let (ps, _gs) = src.device_ptr(&gpu.stream);
-    let (pd, _gd) = dst.device_ptr_mut(&gpu.stream);
+    let ps = src.addr();
+    let pd = dst.addr_mut();
     let nn = n as i64;
     launch!(gpu, "stats", "fasp_stats_f64_to_f32", cfg((grid_1d(n, 256), 1, 1), (256, 1, 1)), [ps, pd, nn])
 }
@@ -68,7 +68,7 @@ pub const SUMSQ_BLOCKS: usize = 1024;
 
 /// `Σ (a − b)²` over `n` values (`b` = None: `Σ a²`), in a fixed order: partial sums per block
 /// (`fasp_stats_sumsq_partial_f32`), then `fasp_stats_sum_f64`. Synchronises to read the result.
-pub fn sum_sq_diff(gpu: &Gpu, a: &impl DevicePtr<f32>, b: Option<&CudaSlice<f32>>, n: usize) -> Result<f64> {
+pub fn sum_sq_diff(gpu: &Gpu, a: &impl DevicePtr<f32>, b: Option<&DeviceBuf<f32>>, n: usize) -> Result<f64> {
     need(a, n, "sumsq a")?;
     if let Some(b) = b {
         need(b, n, "sumsq b")?;
@@ -76,21 +76,15 @@ pub fn sum_sq_diff(gpu: &Gpu, a: &impl DevicePtr<f32>, b: Option<&CudaSlice<f32>
     let mut partial = gpu.alloc::<f64>(SUMSQ_BLOCKS, "sumsq partial")?;
     let mut out = gpu.alloc::<f64>(1, "sumsq out")?;
     {
-        let (pa, _ga) = a.device_ptr(&gpu.stream);
-        let (pb, _gb) = match b {
-            Some(b) => {
-                let (p, g) = b.device_ptr(&gpu.stream);
-                (p, Some(g))
-            }
-            None => (0u64, None),
-        };
-        let (pp, _gp) = partial.device_ptr_mut(&gpu.stream);
+        let pa = a.addr();
+        let pb = b.map_or(0u64, |b| b.addr());
+        let pp = partial.addr_mut();
         let nn = n as i64;
         launch!(gpu, "stats", "fasp_stats_sumsq_partial_f32", cfg((SUMSQ_BLOCKS as u32, 1, 1), (256, 1, 1)), [pa, pb, nn, pp])?;
     }
     {
-        let (pp, _gp) = partial.device_ptr(&gpu.stream);
-        let (po, _go) = out.device_ptr_mut(&gpu.stream);
+        let pp = partial.addr();
+        let po = out.addr_mut();
         let np = SUMSQ_BLOCKS as i32;
         launch!(gpu, "stats", "fasp_stats_sum_f64", cfg((1, 1, 1), (256, 1, 1)), [pp, np, po])?;
     }
@@ -101,11 +95,11 @@ pub fn sum_sq_diff(gpu: &Gpu, a: &impl DevicePtr<f32>, b: Option<&CudaSlice<f32>
 pub struct GramAccumulator {
     pub n: usize,
     pub tokens: usize,
-    acc: CudaSlice<f64>,
-    chunk: CudaSlice<f32>,
-    sum_acc: CudaSlice<f64>,
-    sum_chunk: CudaSlice<f32>,
-    ones: CudaSlice<f32>,
+    acc: DeviceBuf<f64>,
+    chunk: DeviceBuf<f32>,
+    sum_acc: DeviceBuf<f64>,
+    sum_chunk: DeviceBuf<f32>,
+    ones: DeviceBuf<f32>,
 }
 
 impl GramAccumulator {
@@ -141,7 +135,7 @@ impl GramAccumulator {
     }
 
     /// The running `H` in fp32 (e.g. for a device-side restoration).
-    pub fn h_f32(&self, gpu: &Gpu) -> Result<CudaSlice<f32>> {
+    pub fn h_f32(&self, gpu: &Gpu) -> Result<DeviceBuf<f32>> {
         let mut h = gpu.alloc::<f32>(self.n * self.n, "H (fp32)")?;
         f64_to_f32(gpu, &self.acc, &mut h, self.n * self.n)?;
         Ok(h)

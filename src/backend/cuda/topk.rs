@@ -7,7 +7,7 @@
 
 use super::context::{c_int, cfg, launch, need, Gpu};
 use crate::error::{FaspError, Result};
-use cudarc::driver::{DevicePtr, DevicePtrMut};
+use super::context::{DevicePtr, DevicePtrMut};
 
 /// The single-block limit of `fasp_topk_select`.
 pub const SELECT_MAX_N: usize = 32768;
@@ -50,11 +50,10 @@ pub fn select(
     need(mask, n.max(1), "top-k mask")?;
     need(status, 1, "top-k status")?;
     let (cn, ck) = (c_int(n, "n")?, c_int(k, "k")?);
-    let s = &gpu.stream;
-    let (ps, _gs) = score.device_ptr(s);
-    let (pk, _gk) = kept_idx.device_ptr_mut(s);
-    let (pm, _gm) = mask.device_ptr_mut(s);
-    let (pt, _gt) = status.device_ptr_mut(s);
+    let ps = score.addr();
+    let pk = kept_idx.addr_mut();
+    let pm = mask.addr_mut();
+    let pt = status.addr_mut();
     match path {
         TopkPath::Select => {
             if n > SELECT_MAX_N {

@@ -6,10 +6,9 @@
 //! stream wait for a prefetched tensor before its first use. `end_layer` drops everything that
 //! was not prefetched for the next layer, so at most two layers are resident.
 
-use super::context::{driver_err, Gpu};
+use super::context::{DeviceBuf, Event, Gpu, PinnedBuf};
 use crate::error::Result;
 use crate::model::{LayerWeights, Linear, Norm};
-use cudarc::driver::{CudaSlice, PinnedHostSlice};
 use std::sync::Arc;
 
 /// Identity of a host buffer: address, length and sampled bit patterns.
@@ -34,21 +33,38 @@ fn fingerprint(v: &[f32]) -> Fingerprint {
 /// Device copies of host tensors for the current (and prefetched next) layer.
 #[derive(Default)]
 pub struct TensorCache {
-    entries: Vec<(Fingerprint, Arc<CudaSlice<f32>>)>,
+    entries: Vec<(Fingerprint, Arc<DeviceBuf<f32>>)>,
     prefetched: Vec<Fingerprint>,
-    staging: Vec<Option<PinnedHostSlice<f32>>>,
+    staging: Vec<Option<PinnedBuf<f32>>>,
+    /// Recorded on the copy stream after the last prefetch's copies.
+    done: Option<Event>,
+    /// Whether the compute stream has not yet waited for `done`.
+    pending: bool,
     /// Bytes uploaded through the copy stream / the compute stream (for reports).
     pub bytes_prefetched: usize,
     pub bytes_uploaded: usize,
 }
 
 impl TensorCache {
-    fn find(&self, fp: Fingerprint) -> Option<Arc<CudaSlice<f32>>> {
+    fn find(&self, fp: Fingerprint) -> Option<Arc<DeviceBuf<f32>>> {
         self.entries.iter().find(|(f, _)| *f == fp).map(|(_, d)| d.clone())
     }
 
+    /// Makes the compute stream wait for the last prefetch's copies (before any use of, or free
+    /// of, a prefetched tensor).
+    pub fn await_prefetch(&mut self, gpu: &Gpu) -> Result<()> {
+        if self.pending {
+            if let Some(ev) = &self.done {
+                gpu.stream.wait(ev)?;
+            }
+            self.pending = false;
+        }
+        Ok(())
+    }
+
     /// The device copy of `v`, uploading it (compute stream) when not cached.
-    pub fn get(&mut self, gpu: &Gpu, v: &[f32], what: &str) -> Result<Arc<CudaSlice<f32>>> {
+    pub fn get(&mut self, gpu: &Gpu, v: &[f32], what: &str) -> Result<Arc<DeviceBuf<f32>>> {
+        self.await_prefetch(gpu)?;
         let fp = fingerprint(v);
         if let Some(d) = self.find(fp) {
             return Ok(d);
@@ -89,40 +105,59 @@ impl TensorCache {
         if self.staging.len() < tensors.len() {
             self.staging.resize_with(tensors.len(), || None);
         }
-        for (slot, v) in tensors.into_iter().enumerate() {
+        // the staging buffers are refilled below: the previous prefetch's copies must be done
+        if let Some(ev) = &self.done {
+            ev.synchronize()?;
+        }
+        let mut dst = Vec::new();
+        for (slot, v) in tensors.iter().enumerate() {
             let fp = fingerprint(v);
             if v.is_empty() || self.find(fp).is_some() {
                 self.prefetched.push(fp);
                 continue;
             }
+            // allocated in compute-stream order: freed there too, after its last use
+            dst.push((slot, fp, gpu.alloc::<f32>(v.len(), "prefetched weights")?));
+        }
+        if dst.is_empty() {
+            return Ok(());
+        }
+        let ready = gpu.event()?;
+        gpu.stream.record(&ready)?;
+        gpu.copy.wait(&ready)?;
+        for (slot, fp, mut d) in dst {
+            let v = tensors[slot];
             let stage = &mut self.staging[slot];
             if stage.as_ref().is_none_or(|s| s.len() != v.len()) {
-                *stage = None; // waits for its last copy before freeing
-                // SAFETY: the buffer is fully written below before any copy reads it.
-                *stage = Some(unsafe { gpu.ctx.alloc_pinned::<f32>(v.len()) }.map_err(|e| driver_err("pinned staging buffer", e))?);
+                *stage = Some(PinnedBuf::new(&gpu.dev, v.len())?);
             }
             let stage = stage.as_mut().expect("staging buffer");
-            // waits until the previous upload from this buffer has finished, then fills it
-            stage.as_mut_slice().map_err(|e| driver_err("pinned staging buffer", e))?.copy_from_slice(v);
-            // SAFETY: written by the copy below before any use (cudarc orders the first use after it).
-            let mut d = unsafe { gpu.copy.alloc::<f32>(v.len()) }.map_err(|e| driver_err("prefetch allocation", e))?;
-            gpu.copy.memcpy_htod(&*stage, &mut d).map_err(|e| driver_err("prefetch upload", e))?;
+            stage.write(v)?;
+            gpu.copy.memcpy_htod_pinned(stage, &mut d)?;
             self.bytes_prefetched += v.len() * 4;
             self.entries.push((fp, Arc::new(d)));
             self.prefetched.push(fp);
         }
+        let done = gpu.event()?;
+        gpu.copy.record(&done)?;
+        self.done = Some(done);
+        self.pending = true;
         Ok(())
     }
 
     /// Ends a layer: keeps only what was prefetched for the next one.
-    pub fn end_layer(&mut self) {
+    pub fn end_layer(&mut self, gpu: &Gpu) -> Result<()> {
+        self.await_prefetch(gpu)?;
         let keep = std::mem::take(&mut self.prefetched);
         self.entries.retain(|(f, _)| keep.contains(f));
+        Ok(())
     }
 
-    pub fn clear(&mut self) {
+    pub fn clear(&mut self, gpu: &Gpu) -> Result<()> {
+        self.await_prefetch(gpu)?;
         self.entries.clear();
         self.prefetched.clear();
+        Ok(())
     }
 }
 
@@ -142,14 +177,14 @@ pub fn layer_tensors(lw: &LayerWeights) -> Vec<&[f32]> {
 
 /// A `Linear` on the device: `w[out][inp]`, optional `b[out]`.
 pub struct DevLinear {
-    pub w: Arc<CudaSlice<f32>>,
-    pub b: Option<Arc<CudaSlice<f32>>>,
+    pub w: Arc<DeviceBuf<f32>>,
+    pub b: Option<Arc<DeviceBuf<f32>>>,
     pub out: usize,
     pub inp: usize,
 }
 
 /// A `Norm` on the device (LayerNorm with `b`, RMSNorm without).
 pub struct DevNorm {
-    pub w: Arc<CudaSlice<f32>>,
-    pub b: Option<Arc<CudaSlice<f32>>>,
+    pub w: Arc<DeviceBuf<f32>>,
+    pub b: Option<Arc<DeviceBuf<f32>>>,
 }
