@@ -9,9 +9,15 @@
 #   3. the CLI: `prune --device cpu` and `--device cuda` on every fixture (sparsity 0.25, eval on
 #      tests/fixtures/eval.txt), comparing kept sets and perplexity;
 #   4. the kernel benches in quick mode (FASP_BENCH_QUICK=1, GPU part only);
-# then prints one table and writes every log under $OUT (or ./gpu-check-out). Budget: under 8 minutes
-# (each step has a timeout). Exit status 0 only when every test and comparison passed.
-# Env: FASP_GPU_BUNDLE (default ./gpu-bundle), PYTHON (default python3), FASP_GPU_CHECK_SKIP_BENCH=1.
+# then prints one table and writes every log under $OUT (or ./gpu-check-out). Exit status 0 only when
+# every test and comparison passed.
+# Stages, for a 15-minute device budget (FASP_GPU_CHECK_STAGE=1, 2 or all; default all):
+#   stage 1 (about 90 s): open the device, load every module, launch each kernel family once (one
+#     cuda:: test per family), prune one fixture on CUDA against the CPU; stops at the first failure;
+#   stage 2: every GPU test, the CLI comparison on every fixture, and the benches.
+# The same tests already ran on the emulated device in CI (tests/gpu.rs emu::*): here they confirm.
+# Env: FASP_GPU_BUNDLE (default ./gpu-bundle), PYTHON (default python3), FASP_GPU_CHECK_SKIP_BENCH=1,
+#      FASP_GPU_CHECK_STAGE.
 set -uo pipefail
 T0=$(date +%s)
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -58,9 +64,8 @@ EOF
 )"
 SHIM="$(mktemp -d)"
 trap 'rm -rf "$SHIM"' EXIT
-# cudarc (bindings for CUDA 12.8) tries libNAME.so first, then libNAME.so.12/.11/...; CUDA 13 wheels
-# ship libcublas.so.13 / libcusolver.so.12 only. Link the plain name to the best match, preferring
-# the CUDA 12 sonames the bindings were generated from.
+# cudarc (bindings for CUDA 13.0) tries libNAME.so first, then libNAME.so.13/.12/...; CUDA 13 wheels
+# ship libcublas.so.13 / libcusolver.so.12. As a fallback, link the plain name to the best match.
 link_lib() {  # name, preferred sonames...
   local name="$1"; shift
   local want="$*"
@@ -73,9 +78,9 @@ link_lib() {  # name, preferred sonames...
   done
   echo "no lib$name.so or lib$name.so.N (N in $want) under the PyTorch environment" >> "$LOG/env.log"
 }
-link_lib cublas 12 13 11
-link_lib cublasLt 12 13 11
-link_lib cusolver 11 12 10
+link_lib cublas 13 12
+link_lib cublasLt 13 12
+link_lib cusolver 12 11
 export LD_LIBRARY_PATH="$SHIM${LIBDIRS:+:$LIBDIRS}${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
 export FASP_REPO_ROOT="$ROOT"
 {
@@ -88,9 +93,53 @@ DEVICE="$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/de
 say "== fasp-engine gpu-check on ${DEVICE:-unknown GPU} ($(uname -n), $(date -u +%Y-%m-%dT%H:%M:%SZ))"
 say "   $("$BUNDLE/fasp-engine" --version 2>&1 | head -1)"
 
+STAGE="${FASP_GPU_CHECK_STAGE:-all}"
+case "$STAGE" in 1|2|all) ;; *) say "gpu-check: FASP_GPU_CHECK_STAGE=$STAGE: expected 1, 2 or all"; exit 2;; esac
+
+# ---- stage 1: device, modules, one launch per kernel family, one fixture prune ----------------------
+if [ "$STAGE" != 2 ]; then
+  say ""
+  say "-- stage 1: device, modules, kernel families, fixture prune (log stage1.log)"
+  for t in modules_load_and_report_jit_time score_kernels_match_cpu topk_matches_cpu_with_ties \
+           compact_gathers_and_scatters_match_cpu cholesky_factor_and_solves_match_cpu stats_match_cpu \
+           forward_kernels_match_cpu restore_matches_cpu; do
+    timeout 60 "$BUNDLE/gpu-tests" "cuda::$t" --exact --test-threads=1 --show-output >> "$LOG/stage1.log" 2>&1
+    rc=$?
+    if grep -q "SKIP (no CUDA device" "$LOG/stage1.log"; then
+      say "   FAIL cuda::$t: no CUDA device ($(grep -m1 'SKIP (no CUDA device' "$LOG/stage1.log" | cut -c1-200))"
+      say "== gpu-check stage 1 FAIL after $(elapsed) s"; exit 1
+    fi
+    if [ $rc -ne 0 ]; then
+      say "   FAIL cuda::$t (rc $rc):"; grep -E "panicked|error" "$LOG/stage1.log" | tail -3 | sed 's/^/      /' | tee -a "$SUMMARY"
+      say "== gpu-check stage 1 FAIL after $(elapsed) s"; exit 1
+    fi
+    say "   ok   cuda::$t"
+  done
+  grep -E '^JIT all modules' "$LOG/stage1.log" | sed 's/^/   /' | tee -a "$SUMMARY"
+  S1="$(mktemp -d)"
+  for dev in cpu cuda; do
+    timeout 60 "$BUNDLE/fasp-engine" prune --model tests/fixtures/llama-gqa --out "$S1/$dev" \
+      --calib tests/fixtures/llama-gqa/calib_ids.npy --sparsity 0.25 --device "$dev" -q >> "$LOG/stage1.log" 2>&1 ||
+      { say "   FAIL prune llama-gqa --device $dev"; say "== gpu-check stage 1 FAIL after $(elapsed) s"; exit 1; }
+  done
+  if "$PY" - "$S1/cpu/fasp.json" "$S1/cuda/fasp.json" > "$LOG/stage1-prune.txt" 2>&1 <<'EOF'
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+d = sum(len(set(la[k]) ^ set(lb[k])) // 2 for la, lb in zip(a["layers"], b["layers"]) for k in ("attn_kept_units", "mlp_kept_units"))
+ok = d == 0 and b["backend"].startswith("cuda")
+print("   %s   prune llama-gqa: %d units differ, backend %s" % ("ok" if ok else "FAIL", d, b["backend"]))
+sys.exit(0 if ok else 1)
+EOF
+  then say "$(cat "$LOG/stage1-prune.txt")"
+  else say "$(cat "$LOG/stage1-prune.txt")"; say "== gpu-check stage 1 FAIL after $(elapsed) s"; exit 1; fi
+  rm -rf "$S1"
+  say "   stage 1 passed in $(elapsed) s"
+  if [ "$STAGE" = 1 ]; then say "== gpu-check stage 1 PASS in $(elapsed) s (logs in $LOG)"; exit 0; fi
+fi
+
 # ---- 2. GPU tests --------------------------------------------------------------------------------
 # --show-output keeps each "test NAME ... ok" line whole and prints what passing tests printed after them
-timeout 180 "$BUNDLE/gpu-tests" --test-threads=1 --show-output > "$LOG/gpu-tests.log" 2>&1
+timeout 180 "$BUNDLE/gpu-tests" cuda:: --test-threads=1 --show-output > "$LOG/gpu-tests.log" 2>&1
 rc=$?
 say ""
 say "-- GPU tests (rc $rc, $(elapsed) s so far; log gpu-tests.log)"
