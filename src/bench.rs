@@ -544,7 +544,7 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchResult> {
     let shape = shape(&opts.shape)?;
     let layers = layers_to_run(shape, opts.layers)?;
     check_settings(shape, opts)?;
-    let mut backend = job::backend(opts.device)?;
+    let mut backend = job::backend_announced(opts.device, opts.progress)?;
 
     let model = synthetic_model(shape, layers, opts.seed)?;
     let ids = calibration_ids(shape.vocab, opts.nsamples, opts.seqlen, opts.seed);

@@ -163,20 +163,34 @@ pub fn eval_ids(model: &Model, path: &Path, seqlen: usize, max_windows: Option<u
     crate::eval::windows(&stream, seqlen, max_windows)
 }
 
-/// Picks the backend for `--device`: `cuda` opens the GPU or fails with a clear error; `auto`
-/// takes CUDA when the kernels are built in and a device is usable, else the CPU, and says which.
+/// Picks the backend for `--device`: `cuda` opens the GPU or fails with a clear error; `emu` opens
+/// the emulated device; `auto` takes CUDA when the kernels are built in and a device is usable,
+/// else the CPU (never the emulated device), and says which and why (logged; see `backend_announced`).
 pub fn backend(device: Device) -> Result<Box<dyn Backend>> {
+    backend_announced(device, false)
+}
+
+/// As `backend`; with `announce`, `auto` also says on stderr which device it chose and why.
+pub fn backend_announced(device: Device, announce: bool) -> Result<Box<dyn Backend>> {
     match device {
         Device::Cpu => Ok(Box::new(CpuBackend::new())),
         Device::Cuda => Ok(Box::new(CudaBackend::new()?)),
         Device::Emu => Ok(Box::new(CudaBackend::emu()?)),
         Device::Auto => match crate::backend::cuda::cuda_usable().and_then(|()| CudaBackend::new()) {
             Ok(b) => {
-                eprintln!("--device auto: using {} (a CUDA device is usable)", b.name());
+                let msg = format!("--device auto: using {} (a CUDA device is usable)", b.name());
+                if announce {
+                    eprintln!("{msg}");
+                }
+                tracing::info!("{msg}");
                 Ok(Box::new(b))
             }
             Err(e) => {
-                eprintln!("--device auto: using the CPU ({e})");
+                let msg = format!("--device auto: using the CPU ({e})");
+                if announce {
+                    eprintln!("{msg}");
+                }
+                tracing::info!("{msg}");
                 Ok(Box::new(CpuBackend::new()))
             }
         },
@@ -187,7 +201,6 @@ pub fn run_prune(job: &PruneJob) -> Result<PruneSummary> {
     let t_start = Instant::now();
     let model = Model::open(&job.model)?;
     output::check_out(&job.out, &job.model, job.force)?;
-    let mut be = backend(job.device)?;
     let tok = if calib::is_npy(&job.calib) { None } else { model.tokenizer()? };
     let windows = calib::calibration(&job.calib, tok.as_ref(), job.nsamples, job.seqlen, job.calib_seed, model.cfg.vocab)?;
     tracing::info!(windows = windows.n, seqlen = windows.seqlen, "calibration ready");
@@ -196,6 +209,8 @@ pub fn run_prune(job: &PruneJob) -> Result<PruneSummary> {
         Some(e) => vec![EvalSet::load(&model, "eval", &e.path, e.seqlen, e.max_windows)?],
         None => Vec::new(),
     };
+    // chosen once the inputs are known to be good, so a bad input still gets one error line
+    let mut be = backend_announced(job.device, job.progress)?;
     let ppl_dense = match (&job.eval, evals.first()) {
         (Some(e), Some(set)) if e.dense => Some(crate::eval::perplexity(&model, &set.ids, set.seqlen, |_| {})?),
         _ => None,

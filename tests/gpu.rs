@@ -52,6 +52,10 @@ macro_rules! on_devices {
                 super::$name(super::emu_gpu());
                 let errs = fasp_engine::backend::cuda::device::emu::take_drop_errors();
                 assert!(errs.is_empty(), "stream-ordering errors at free time: {errs:?}");
+                println!(
+                    "emulated kernel launches in this test binary so far: {}",
+                    fasp_engine::backend::cuda::device::emu::launches_in_process()
+                );
             } )*
         }
         mod cuda {

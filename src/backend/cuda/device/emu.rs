@@ -564,6 +564,7 @@ impl Device for EmuDevice {
             unsafe { (k.tramp)(packed.as_mut_ptr(), grid.as_ptr(), block.as_ptr(), msg.as_mut_ptr(), msg.len() as i32) }
         };
         st.counters.launches += 1;
+        LAUNCHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         st.tick(s);
         if rc != 0 {
             // SAFETY: NUL-terminated by snprintf.
@@ -886,6 +887,13 @@ impl Device for EmuDevice {
     fn counters(&self) -> Counters {
         self.lock().counters
     }
+}
+
+static LAUNCHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Kernel launches executed by every emulated device of this process.
+pub fn launches_in_process() -> u64 {
+    LAUNCHES.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 /// Ordering errors found where no error can be returned (frees on drop); tests assert it is empty.
