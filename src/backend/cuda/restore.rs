@@ -2,11 +2,14 @@
 //!
 //! ```text
 //! A = H[S,S]                      (fasp_gather_submatrix_f32, kept pristine for retries)
-//! M = W2[:,P] · H[P,S]            (fasp_gather_cols_f32 + fasp_gather_submatrix_f32 + cuBLAS sgemm)
+//! M = W2[:,P] · H[P,S]            (fasp_gather_cols_f32 + fasp_gather_submatrix_f32 + cuBLAS sgemm;
+//!                                  only for the reconstruction errors)
 //! loop: A' = A + λI, λ = damp·mean(diag H[S,S])   (mean taken on the host in f64, as the CPU)
 //!       factor A'                 (blocked kernels, or cuSOLVER spotrf on request)
 //!       info ≠ 0 → damp *= 10, retry (≤ MAX_RETRIES)
-//! Y = M (H_SS + λI)⁻¹             (fasp_cholesky_solve_lower + _upper over the rows of M, or spotrs)
+//! Z = H[P,S] (H_SS + λI)⁻¹        (fasp_cholesky_solve_lower + _upper over the |P| rows of H[P,S], or
+//!                                  spotrs: |P| right-hand sides, not one per row of W2)
+//! Y = W2[:,P] · Z                 (cuBLAS sgemm; = M (H_SS + λI)⁻¹ since H is symmetric)
 //! W2' = W2[:,S] + Y               (fasp_add_f32), checked finite on the device
 //! ```
 //!
@@ -60,18 +63,18 @@ fn run(gpu: &Gpu, w2: &Mat, h: &Gram, s: &[usize], p: &[usize], damp: f64, mean:
     let (ds, dp) = (upload_idx(gpu, s, "S")?, upload_idx(gpu, p, "P")?);
     let mut hss = gpu.alloc::<f32>(ns * ns, "H[S,S]")?;
     gather_submatrix(gpu, &dh, n, &ds, ns, &ds, ns, &mut hss)?;
-    let mut m = {
-        let mut hps = gpu.alloc::<f32>(np * ns, "H[P,S]")?;
-        gather_submatrix(gpu, &dh, n, &dp, np, &ds, ns, &mut hps)?;
-        let mut w2p = gpu.alloc::<f32>(rows * np, "W2[:,P]")?;
-        gather_cols(gpu, &dw, rows, w2.cols, &dp, np, &mut w2p)?;
+    let mut hps = gpu.alloc::<f32>(np * ns, "H[P,S]")?;
+    gather_submatrix(gpu, &dh, n, &dp, np, &ds, ns, &mut hps)?;
+    let mut w2p = gpu.alloc::<f32>(rows * np, "W2[:,P]")?;
+    gather_cols(gpu, &dw, rows, w2.cols, &dp, np, &mut w2p)?;
+    let b_host = {
         let mut m = gpu.alloc::<f32>(rows * ns, "W2[:,P]·H[P,S]")?;
         blas::matmul(gpu, &w2p, &hps, &mut m, rows, np, ns)?;
-        m
+        // B = W2[:,P]·H[P,S] on the host, for the reconstruction errors
+        gpu.download(&m, rows * ns, "W2[:,P]·H[P,S]")?
     };
     drop(dh);
-    // B = W2[:,P]·H[P,S] on the host too, for the reconstruction errors
-    let b_host = gpu.download(&m, rows * ns, "W2[:,P]·H[P,S]")?;
+    let mut z = gpu.alloc::<f32>(np * ns, "Z = H[P,S](H_SS + λI)⁻¹")?;
     let mut a = gpu.alloc::<f32>(ns * ns, "H[S,S] + λI")?;
     let mut info = gpu.alloc::<i32>(1, "Cholesky info")?;
     let shape = Batch::dense(ns, 1);
@@ -100,16 +103,19 @@ fn run(gpu: &Gpu, w2: &Mat, h: &Gram, s: &[usize], p: &[usize], damp: f64, mean:
         };
         // a finite positive pivot everywhere gives a finite factor, but check as the CPU does
         if ok && lower_finite(gpu, &a, ns)? {
+            gpu.stream.memcpy_dtod(&hps, &mut z)?;
             match &mut potrf {
-                Some(pf) => pf.solve(gpu, &a, &mut m, rows)?,
+                Some(pf) => pf.solve(gpu, &a, &mut z, np)?,
                 None => {
-                    cholesky::solve_lower(gpu, &a, shape, &mut m, rows, ns, 0)?;
-                    cholesky::solve_upper(gpu, &a, shape, &mut m, rows, ns, 0)?;
+                    cholesky::solve_lower(gpu, &a, shape, &mut z, np, ns, 0)?;
+                    cholesky::solve_upper(gpu, &a, shape, &mut z, np, ns, 0)?;
                 }
             }
+            let mut y = gpu.alloc::<f32>(rows * ns, "Y = W2[:,P]·Z")?;
+            blas::matmul(gpu, &w2p, &z, &mut y, rows, np, ns)?;
             let mut out = gpu.alloc::<f32>(rows * ns, "W2'")?;
             gather_cols(gpu, &dw, rows, w2.cols, &ds, ns, &mut out)?;
-            fw::add_assign(gpu, &mut out, &m, rows * ns)?;
+            fw::add_assign(gpu, &mut out, &y, rows * ns)?;
             if !fw::all_finite(gpu, &out, rows * ns)? {
                 return Ok(Err("restored weights are not finite".into()));
             }
