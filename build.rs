@@ -48,7 +48,7 @@ fn main() {
 
     let mut sources = Vec::new();
     let emu_dir = cuda_dir.join("emu");
-    for f in ["cuda_emu.h", "test_kernels.cpp", "shim/cuda_bf16.h"] {
+    for f in ["cuda_emu.h", "test_kernels.cpp", "fiber.cpp", "shim/cuda_bf16.h"] {
         println!("cargo:rerun-if-changed={}", emu_dir.join(f).display());
     }
     if let Ok(entries) = fs::read_dir(&cuda_dir) {
@@ -476,6 +476,7 @@ fn build_emulation(cuda_dir: &Path, out_dir: &Path, sources: &[PathBuf]) {
     write_if_changed(&reg, &registry);
     units.push(reg);
     units.push(emu_dir.join("test_kernels.cpp"));
+    units.push(emu_dir.join("fiber.cpp"));
 
     let mut build = cc::Build::new();
     build

@@ -446,6 +446,12 @@ pub struct BenchResult {
     pub process_seconds: f64,
     pub peak_host_bytes: Option<u64>,
     pub peak_device_bytes: Option<u64>,
+    /// Bytes copied host → device and device → host during the run (device backends only).
+    pub h2d_bytes: Option<u64>,
+    pub d2h_bytes: Option<u64>,
+    /// Kernel launches and library calls (device backends only).
+    pub kernel_launches: Option<u64>,
+    pub library_calls: Option<u64>,
     pub floor: Floor,
     pub floor_seconds: f64,
     /// `prune_seconds / floor_seconds`.
@@ -562,6 +568,7 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchResult> {
     }
     let process_seconds = t_process.elapsed().as_secs_f64();
     let peak_host_bytes = peak_host_bytes();
+    let counters = backend.device_counters();
 
     let flops = prune_flops(&model.cfg, opts.nsamples, opts.seqlen, opts.sparsity)?;
     let floor = floor(flops, weight_bytes(&model), measure_cpu_rates());
@@ -582,7 +589,11 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchResult> {
         setup_seconds,
         process_seconds,
         peak_host_bytes,
-        peak_device_bytes: None,
+        peak_device_bytes: counters.map(|c| c.peak_bytes),
+        h2d_bytes: counters.map(|c| c.h2d_bytes),
+        d2h_bytes: counters.map(|c| c.d2h_bytes),
+        kernel_launches: counters.map(|c| c.launches),
+        library_calls: counters.map(|c| c.library_calls),
         floor_seconds: floor.seconds,
         time_over_floor: prune_seconds / floor.seconds,
         floor,

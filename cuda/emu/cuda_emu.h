@@ -6,7 +6,8 @@
 //
 // Design note.
 // - A launch runs its blocks on a few OS worker threads (blocks are independent on a GPU, so any
-//   interleaving is legal). Inside a worker, the threads of one block are fibers (ucontext) on that worker:
+//   interleaving is legal). Inside a worker, the threads of one block are fibers on that worker (a
+//   register-only context switch on x86-64, cuda/emu/fiber.cpp; ucontext elsewhere):
 //   a fiber runs until it reaches __syncthreads or a warp shuffle, then yields to the next fiber. So a
 //   launch of B blocks x T threads costs B*T fiber runs and no OS thread per CUDA thread.
 // - __shared__ is `static thread_local`: one copy per worker, shared by the fibers of the block it runs.
@@ -62,12 +63,52 @@ inline float __int_as_float(int i) {
     return f;
 }
 
+#if defined(__x86_64__)
+// Saves the callee-saved registers, MXCSR and the x87 control word on the current stack, stores the
+// stack pointer in *save and resumes the context whose stack pointer is `load` (cuda/emu/fiber.cpp).
+extern "C" void fasp_emu_swap(void** save, void* load);
+#endif
+
 namespace emu {
 
 constexpr size_t kStack = 64 * 1024;
 
+#if defined(__x86_64__)
+struct Ctx {
+    void* sp = nullptr;
+};
+inline void ctx_switch(Ctx& from, Ctx& to) { fasp_emu_swap(&from.sp, to.sp); }
+inline void ctx_jump(Ctx& to) {
+    Ctx dead;
+    fasp_emu_swap(&dead.sp, to.sp);
+}
+// A new context that starts in entry() on the given stack.
+inline void ctx_init(Ctx& c, char* stack, size_t size, void (*entry)()) {
+    uintptr_t top = ((uintptr_t)(stack + size)) & ~(uintptr_t)15;
+    uint64_t* sp = (uint64_t*)top;
+    *--sp = 0;                  // entry's (never used) return address: rsp = 8 mod 16 at its start
+    *--sp = (uint64_t)entry;    // popped by ret
+    for (int i = 0; i < 6; ++i) *--sp = 0;  // rbp rbx r12 r13 r14 r15
+    *--sp = 0x037F00001F80ull;  // MXCSR 0x1F80 (low word), x87 control word 0x037F
+    c.sp = sp;
+}
+#else
+struct Ctx {
+    ucontext_t uc;
+};
+inline void ctx_switch(Ctx& from, Ctx& to) { swapcontext(&from.uc, &to.uc); }
+inline void ctx_jump(Ctx& to) { setcontext(&to.uc); }
+inline void ctx_init(Ctx& c, char* stack, size_t size, void (*entry)()) {
+    getcontext(&c.uc);
+    c.uc.uc_stack.ss_sp = stack;
+    c.uc.uc_stack.ss_size = size;
+    c.uc.uc_link = nullptr;
+    makecontext(&c.uc, entry, 0);
+}
+#endif
+
 struct Fiber {
-    ucontext_t ctx;
+    Ctx ctx;
     char* stack = nullptr;
     int tid = 0;
     bool done = false;
@@ -77,7 +118,7 @@ struct Fiber {
 struct Block {
     std::vector<Fiber> fibers;
     std::vector<char*> stacks;  // kept across blocks and launches of this worker
-    ucontext_t main;
+    Ctx main;
     int nt = 0, cur = 0, live = 0;
     unsigned bar_gen = 0;
     int bar_count = 0;
@@ -104,7 +145,7 @@ inline void set_thread_index(int t) {
 inline void yield() {
     Block* b = tl_block;
     if (b->deadlock) {
-        swapcontext(&b->fibers[b->cur].ctx, &b->main);  // never resumed
+        ctx_switch(b->fibers[b->cur].ctx, b->main);  // never resumed
     }
     const int from = b->cur;
     int next = from;
@@ -117,13 +158,13 @@ inline void yield() {
     }
     if (++b->idle > 8L * b->nt + 64) {
         b->deadlock = true;
-        swapcontext(&b->fibers[from].ctx, &b->main);
+        ctx_switch(b->fibers[from].ctx, b->main);
         return;
     }
     if (next == from) return;
     b->cur = next;
     set_thread_index(next);
-    swapcontext(&b->fibers[from].ctx, &b->fibers[next].ctx);
+    ctx_switch(b->fibers[from].ctx, b->fibers[next].ctx);
     set_thread_index(from);
     b->cur = from;
 }
@@ -176,10 +217,8 @@ template <class T> inline T warp_exchange(T v, int src_lane) {
     return r;
 }
 
-inline void fiber_entry(unsigned lo, unsigned hi) {
+inline void fiber_entry() {
     Block* b = tl_block;
-    (void)lo;
-    (void)hi;
     const int me = b->cur;
     b->body(b->arg);
     // this thread exits: it no longer counts at barriers
@@ -196,10 +235,10 @@ inline void fiber_entry(unsigned lo, unsigned hi) {
         if (!b->fibers[c].done) {
             b->cur = c;
             set_thread_index(c);
-            setcontext(&b->fibers[c].ctx);
+            ctx_jump(b->fibers[c].ctx);
         }
     }
-    setcontext(&b->main);
+    ctx_jump(b->main);
 }
 
 // Runs one block: every thread as a fiber. Returns false on a barrier deadlock.
@@ -223,16 +262,12 @@ inline bool run_block(Block& b, int nt, void (*body)(void*), void* arg) {
     for (int t = 0; t < nt; ++t) {
         Fiber& f = b.fibers[t];
         f.tid = t;
-        getcontext(&f.ctx);
-        f.ctx.uc_stack.ss_sp = b.stacks[t];
-        f.ctx.uc_stack.ss_size = kStack;
-        f.ctx.uc_link = &b.main;
-        makecontext(&f.ctx, (void (*)())fiber_entry, 2, 0u, 0u);
+        ctx_init(f.ctx, b.stacks[t], kStack, fiber_entry);
     }
     tl_block = &b;
     b.cur = 0;
     set_thread_index(0);
-    swapcontext(&b.main, &b.fibers[0].ctx);
+    ctx_switch(b.main, b.fibers[0].ctx);
     tl_block = nullptr;
     return !b.deadlock;
 }

@@ -67,6 +67,11 @@ pub trait Backend {
     /// kept intermediate channels, matching `lw.down`'s columns.
     fn advance(&mut self, cfg: &ModelConfig, lw: &LayerWeights, mlp_cols: &[usize]) -> Result<()>;
 
+    /// What the device has done so far (copies, launches, peak memory); None on the CPU.
+    fn device_counters(&self) -> Option<cuda::device::Counters> {
+        None
+    }
+
     fn column_scores(&self, w2: &Mat, hdiag: &[f64]) -> Result<Vec<f64>> {
         Ok(score::column_scores(w2, hdiag))
     }

@@ -379,6 +379,10 @@ impl Backend for CudaBackend {
         Ok(())
     }
 
+    fn device_counters(&self) -> Option<device::Counters> {
+        Some(self.gpu.counters())
+    }
+
     fn column_scores(&self, w2: &Mat, hdiag: &[f64]) -> Result<Vec<f64>> {
         if w2.cols != hdiag.len() {
             return Err(FaspError::Numerics(format!("column scores: W2 has {} columns, diag(H) {}", w2.cols, hdiag.len())));

@@ -885,7 +885,8 @@ impl Device for EmuDevice {
     }
 
     fn counters(&self) -> Counters {
-        self.lock().counters
+        let st = self.lock();
+        Counters { peak_bytes: st.bytes_peak as u64, ..st.counters }
     }
 }
 

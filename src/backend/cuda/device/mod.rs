@@ -176,6 +176,8 @@ pub struct Counters {
     pub library_calls: u64,
     pub h2d_bytes: u64,
     pub d2h_bytes: u64,
+    /// The most device memory allocated at once through this device (bytes).
+    pub peak_bytes: u64,
 }
 
 /// What the CUDA backend needs from a device. Every enqueueing call is ordered on its stream;

@@ -56,6 +56,8 @@ pub struct CudaDevice {
     library_calls: AtomicU64,
     h2d: AtomicU64,
     d2h: AtomicU64,
+    /// Live allocations (address → bytes), live and peak bytes.
+    sizes: Mutex<(HashMap<u64, usize>, usize, usize)>,
 }
 
 impl CudaDevice {
@@ -90,6 +92,7 @@ impl CudaDevice {
             library_calls: AtomicU64::new(0),
             h2d: AtomicU64::new(0),
             d2h: AtomicU64::new(0),
+            sizes: Mutex::new((HashMap::new(), 0, 0)),
         })
     }
 
@@ -204,11 +207,22 @@ impl Device for CudaDevice {
         self.bind()?;
         let s = self.stream(stream)?;
         // SAFETY: a stream of this context; the contents are unspecified until written.
-        unsafe { result::malloc_async(s, bytes) }
-            .map_err(|e| drv(&format!("allocating {:.1} MiB of device memory for {what}", bytes as f64 / (1 << 20) as f64), e))
+        let p = unsafe { result::malloc_async(s, bytes) }
+            .map_err(|e| drv(&format!("allocating {:.1} MiB of device memory for {what}", bytes as f64 / (1 << 20) as f64), e))?;
+        let mut z = self.sizes.lock().unwrap_or_else(|e| e.into_inner());
+        z.0.insert(p, bytes);
+        z.1 += bytes;
+        z.2 = z.2.max(z.1);
+        Ok(p)
     }
 
     fn free(&self, ptr: u64, stream: StreamId) {
+        {
+            let mut z = self.sizes.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(b) = z.0.remove(&ptr) {
+                z.1 -= b;
+            }
+        }
         if self.bind().is_err() {
             return;
         }
@@ -421,6 +435,7 @@ impl Device for CudaDevice {
             library_calls: self.library_calls.load(Ordering::Relaxed),
             h2d_bytes: self.h2d.load(Ordering::Relaxed),
             d2h_bytes: self.d2h.load(Ordering::Relaxed),
+            peak_bytes: self.sizes.lock().unwrap_or_else(|e| e.into_inner()).2 as u64,
         }
     }
 }
