@@ -119,3 +119,92 @@ fasp_topk_compact(const float* __restrict__ score, int n, int k, const unsigned 
     }
     compact_mask(score, n, k, mask, kept_idx, status);
 }
+
+// ---- exact radix select on fp64 scores ------------------------------------------------------------------
+// fasp_topk_radix_f64: the same selection on the scores' full fp64 precision, in O(n) passes instead of
+// O(n^2) comparisons. The order is the CPU's exactly: f64::total_cmp on the score (so -0.0 < +0.0), then the
+// lower index. Each score maps to a 64-bit key whose unsigned order is descending score order; eight passes
+// of 8-bit digits (most significant first), each a shared-memory histogram over the keys that still match
+// the prefix found so far, find the key T of the k-th best element and how many of the elements equal to T
+// are kept (`take`); a final pass in index order keeps every key < T and the first `take` keys == T (a
+// block scan gives each its rank among the equal ones), and writes mask and kept_idx (ascending).
+// Launch: grid (1), block 1024 (any multiple of 32 up to 1024). status: 0 ok, 1 a non-finite score,
+// 2 bad arguments or launch shape. Memory traffic: 9 reads of the scores (8 bytes each), mask n bytes,
+// kept_idx k ints.
+namespace {
+
+FASP_DEV unsigned long long desc_key(double s) {
+    const unsigned long long u = (unsigned long long)__double_as_longlong(s);
+    const unsigned long long asc = (u >> 63) ? ~u : (u | 0x8000000000000000ull);  // total order, ascending
+    return ~asc;                                                                  // ascending key = descending score
+}
+
+}  // namespace
+
+extern "C" __global__ void __launch_bounds__(TOPK_SELECT_THREADS)
+fasp_topk_radix_f64(const double* __restrict__ score, int n, int k, int* __restrict__ kept_idx,
+                    unsigned char* __restrict__ mask, int* __restrict__ status) {
+    __shared__ unsigned int hist[256];
+    __shared__ unsigned long long prefix_s;
+    __shared__ int take_s;
+    __shared__ int scan_a[32], scan_b[32], flag_scratch[32];
+    if (blockDim.x % 32 != 0 || gridDim.x != 1 || n < 0 || k < 0 || k > n) {
+        if (threadIdx.x == 0 && blockIdx.x == 0) *status = 2;
+        return;
+    }
+    const int tid = threadIdx.x;
+    int nonfinite = 0;
+    for (int i = tid; i < n; i += blockDim.x) nonfinite |= !isfinite(score[i]);
+    nonfinite = fasp::block_or(nonfinite, flag_scratch);
+    if (nonfinite) {
+        if (tid == 0) *status = 1;
+        return;
+    }
+    unsigned long long prefix = 0, known = 0;
+    int take = k;  // among the keys matching the prefix, the `take` smallest are kept
+    if (k > 0) {
+        for (int shift = 56; shift >= 0; shift -= 8) {
+            for (int b = tid; b < 256; b += blockDim.x) hist[b] = 0;
+            __syncthreads();
+            for (int i = tid; i < n; i += blockDim.x) {
+                const unsigned long long key = desc_key(score[i]);
+                if ((key & known) == prefix) atomicAdd(&hist[(key >> shift) & 255u], 1u);
+            }
+            __syncthreads();
+            if (tid == 0) {
+                unsigned int below = 0;
+                int d = 0;
+                while (d < 255 && below + hist[d] < (unsigned)take) below += hist[d++];
+                prefix_s = prefix | ((unsigned long long)d << shift);
+                take_s = take - (int)below;
+            }
+            __syncthreads();
+            prefix = prefix_s;
+            take = take_s;
+            known |= 0xFFull << shift;
+            __syncthreads();  // everyone has read prefix_s/take_s before the next pass writes them
+        }
+    }
+    // prefix = T, the key of the k-th best; keep key < T, and the first `take` (by index) with key == T
+    int running_eq = 0, running_keep = 0;
+    for (int base = 0; base < n; base += blockDim.x) {
+        const int i = base + tid;
+        unsigned long long key = 0;
+        int eq = 0, lt = 0;
+        if (i < n && k > 0) {
+            key = desc_key(score[i]);
+            eq = key == prefix;
+            lt = key < prefix;
+        }
+        int total_eq;
+        const int rank_eq = running_eq + fasp::block_exclusive_scan(eq, scan_a, &total_eq);
+        const int keep = lt || (eq && rank_eq < take);
+        int total_keep;
+        const int pos = running_keep + fasp::block_exclusive_scan(keep, scan_b, &total_keep);
+        if (i < n) mask[i] = keep ? 1 : 0;
+        if (keep && pos < k) kept_idx[pos] = i;
+        running_eq += total_eq;
+        running_keep += total_keep;
+    }
+    if (tid == 0) *status = running_keep == k ? 0 : 2;
+}

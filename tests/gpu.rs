@@ -772,6 +772,31 @@ fn backend_steps_match_cpu(g: Arc<Gpu>) {
     }
 }
 
+/// The pipeline's selection (radix select on fp64) is exactly the CPU's, ties, ±0 and near-ties
+/// below f32 resolution included, for small and large n and every edge k.
+fn topk_radix_is_exact_against_cpu(g: Arc<Gpu>) {
+    let mut r = rng(77);
+    let mut cases: Vec<(Vec<f64>, &str)> = Vec::new();
+    // coarse values: many exact ties
+    cases.push(((0..5000).map(|_| (r.random_range(0..20) as f64) * 0.5).collect(), "ties"));
+    // values that differ only below f32 resolution: f32 rounding would merge them
+    cases.push(((0..3000).map(|i| 1.0 + (i % 97) as f64 * 1e-12).collect(), "sub-f32 gaps"));
+    // signed zeros and negatives (total order: -0.0 < +0.0)
+    cases.push(((0..2000).map(|i| match i % 4 { 0 => 0.0, 1 => -0.0, 2 => -(i as f64), _ => i as f64 * 1e-3 }).collect(), "±0"));
+    // large n, continuous
+    cases.push(((0..70_000).map(|_| r.random_range(0.0..1.0)).collect(), "large"));
+    cases.push((vec![3.0], "single"));
+    for (scores, what) in &cases {
+        let n = scores.len();
+        for k in [0, 1, n / 3, n / 2, n.saturating_sub(1), n] {
+            let want = select::top_k(scores, k).unwrap();
+            let got = topk::top_k_f64(&g, scores, k).unwrap();
+            assert_eq!(got, want, "{what}: n {n} k {k}");
+        }
+    }
+    assert!(topk::top_k_f64(&g, &[1.0, f64::NAN], 1).unwrap_err().contains("non-finite"));
+}
+
 /// Units in one kept set and not the other (the symmetric difference over two).
 fn units_differ(a: &[usize], b: &[usize]) -> usize {
     let (sa, sb): (std::collections::BTreeSet<_>, std::collections::BTreeSet<_>) = (a.iter().collect(), b.iter().collect());
@@ -895,6 +920,7 @@ fn device_cuda_without_a_driver_fails_with_one_clear_line() {
 }
 
 on_devices!(
+    topk_radix_is_exact_against_cpu,
     modules_load_and_report_jit_time,
     score_kernels_match_cpu,
     topk_matches_cpu_with_ties,

@@ -69,6 +69,12 @@ inline float __int_as_float(int i) {
 extern "C" void fasp_emu_swap(void** save, void* load);
 #endif
 
+inline long long __double_as_longlong(double d) {
+    long long i;
+    std::memcpy(&i, &d, 8);
+    return i;
+}
+
 namespace emu {
 
 constexpr size_t kStack = 64 * 1024;
@@ -409,6 +415,8 @@ inline int __any_sync(unsigned, int p) {
     for (int o = 16; o > 0; o >>= 1) p |= __shfl_xor_sync(0xffffffffu, p, o);
     return p != 0;
 }
+inline unsigned atomicAdd(unsigned* p, unsigned v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
+inline int atomicAdd(int* p, int v) { return __atomic_fetch_add(p, v, __ATOMIC_SEQ_CST); }
 inline int atomicCAS(int* p, int cmp, int val) {
     __atomic_compare_exchange_n(p, &cmp, val, false, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST);
     return cmp;

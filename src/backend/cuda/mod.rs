@@ -18,7 +18,7 @@
 //! the whole activation from `mlp_stats` (same values; far less memory).
 //!
 //! The per-pair math uses the device too: `column_scores` (fused score kernel), `top_k` (top-k
-//! kernel, same tie rule; scores are rounded to f32 for it), `restore` (blocked Cholesky kernels
+//! radix select on the fp64 scores, exactly the CPU's order), `restore` (blocked Cholesky kernels
 //! and triangular solves; `FASP_CUDA_SOLVER=cusolver` selects cuSOLVER potrf/potrs as the
 //! cross-check, `cublas-trailing` the kernels with cuBLAS trailing updates).
 
@@ -397,14 +397,7 @@ impl Backend for CudaBackend {
     }
 
     fn top_k(&self, scores: &[f64], k: usize) -> Result<Vec<usize>, String> {
-        if let Some(j) = scores.iter().position(|s| !s.is_finite()) {
-            return Err(format!("non-finite score {} at unit {j}", scores[j]));
-        }
-        let s32: Vec<f32> = scores.iter().map(|&v| v as f32).collect();
-        if let Some(j) = s32.iter().position(|s| !s.is_finite()) {
-            return Err(format!("score {} at unit {j} overflows f32", scores[j]));
-        }
-        topk::top_k(&self.gpu, &s32, k)
+        topk::top_k_f64(&self.gpu, scores, k)
     }
 
     fn restore(&self, w2: &Mat, h: &Gram, s: &[usize], p: &[usize], damp: f64) -> Result<Restored, String> {

@@ -95,3 +95,58 @@ pub fn top_k(gpu: &Gpu, scores: &[f32], k: usize) -> Result<Vec<usize>, String> 
     };
     run().map_err(|e| e.to_string())
 }
+
+/// The pipeline's selection: `fasp_topk_radix_f64` on the full-precision scores, exactly the CPU's
+/// order (`f64::total_cmp`, ties to the lower index), so no rounding can change the kept set.
+/// Returns the kept indices in increasing order. A non-finite score is an error worded like the
+/// CPU's (`select::top_k`).
+pub fn top_k_f64(gpu: &Gpu, scores: &[f64], k: usize) -> Result<Vec<usize>, String> {
+    if let Some(j) = scores.iter().position(|s| !s.is_finite()) {
+        return Err(format!("non-finite score {} at unit {j}", scores[j]));
+    }
+    let n = scores.len();
+    if k > n {
+        return Err(format!("top-k: k = {k} > n = {n}"));
+    }
+    if k == 0 {
+        return Ok(Vec::new());
+    }
+    let run = || -> Result<Vec<usize>> {
+        let d_scores = gpu.upload(scores, "top-k scores")?;
+        let mut kept = gpu.alloc::<i32>(k, "top-k kept")?;
+        let mut mask = gpu.alloc::<u8>(n, "top-k mask")?;
+        let mut status = gpu.alloc::<i32>(1, "top-k status")?;
+        radix_select(gpu, &d_scores, n, k, &mut kept, &mut mask, &mut status)?;
+        let st = gpu.download(&status, 1, "top-k status")?[0];
+        if st != 0 {
+            return Err(FaspError::Cuda(format!("fasp_topk_radix_f64 status {st}")));
+        }
+        Ok(gpu.download(&kept, k, "top-k kept")?.into_iter().map(|i| i as usize).collect())
+    };
+    run().map_err(|e| e.to_string())
+}
+
+/// Launches `fasp_topk_radix_f64` (one 1024-thread block, any n).
+pub fn radix_select(
+    gpu: &Gpu,
+    score: &impl DevicePtr<f64>,
+    n: usize,
+    k: usize,
+    kept_idx: &mut impl DevicePtrMut<i32>,
+    mask: &mut impl DevicePtrMut<u8>,
+    status: &mut impl DevicePtrMut<i32>,
+) -> Result<()> {
+    if k > n {
+        return Err(FaspError::Cuda(format!("top-k: k = {k} > n = {n}")));
+    }
+    need(score, n, "top-k scores")?;
+    need(kept_idx, k.max(1), "top-k kept indices")?;
+    need(mask, n.max(1), "top-k mask")?;
+    need(status, 1, "top-k status")?;
+    let (cn, ck) = (c_int(n, "n")?, c_int(k, "k")?);
+    let ps = score.addr();
+    let pk = kept_idx.addr_mut();
+    let pm = mask.addr_mut();
+    let pt = status.addr_mut();
+    launch!(gpu, "topk", "fasp_topk_radix_f64", cfg((1, 1, 1), (1024, 1, 1)), [ps, cn, ck, pk, pm, pt])
+}
