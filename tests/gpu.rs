@@ -776,16 +776,17 @@ fn backend_steps_match_cpu(g: Arc<Gpu>) {
 /// below f32 resolution included, for small and large n and every edge k.
 fn topk_radix_is_exact_against_cpu(g: Arc<Gpu>) {
     let mut r = rng(77);
-    let mut cases: Vec<(Vec<f64>, &str)> = Vec::new();
-    // coarse values: many exact ties
-    cases.push(((0..5000).map(|_| (r.random_range(0..20) as f64) * 0.5).collect(), "ties"));
-    // values that differ only below f32 resolution: f32 rounding would merge them
-    cases.push(((0..3000).map(|i| 1.0 + (i % 97) as f64 * 1e-12).collect(), "sub-f32 gaps"));
-    // signed zeros and negatives (total order: -0.0 < +0.0)
-    cases.push(((0..2000).map(|i| match i % 4 { 0 => 0.0, 1 => -0.0, 2 => -(i as f64), _ => i as f64 * 1e-3 }).collect(), "±0"));
-    // large n, continuous
-    cases.push(((0..70_000).map(|_| r.random_range(0.0..1.0)).collect(), "large"));
-    cases.push((vec![3.0], "single"));
+    let cases: Vec<(Vec<f64>, &str)> = vec![
+        // coarse values: many exact ties
+        ((0..5000).map(|_| (r.random_range(0..20) as f64) * 0.5).collect(), "ties"),
+        // values that differ only below f32 resolution: f32 rounding would merge them
+        ((0..3000).map(|i| 1.0 + (i % 97) as f64 * 1e-12).collect(), "sub-f32 gaps"),
+        // signed zeros and negatives (total order: -0.0 < +0.0)
+        ((0..2000).map(|i| match i % 4 { 0 => 0.0, 1 => -0.0, 2 => -(i as f64), _ => i as f64 * 1e-3 }).collect(), "±0"),
+        // large n, continuous
+        ((0..70_000).map(|_| r.random_range(0.0..1.0)).collect(), "large"),
+        (vec![3.0], "single"),
+    ];
     for (scores, what) in &cases {
         let n = scores.len();
         for k in [0, 1, n / 3, n / 2, n.saturating_sub(1), n] {
