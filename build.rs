@@ -31,13 +31,7 @@ const DEFAULT_PTX_VERSION: &str = "8.0";
 
 fn main() {
     println!("cargo::rustc-check-cfg=cfg(fasp_kernels)");
-    for var in [
-        "NVCC",
-        "CUDA_HOME",
-        "CUDA_COMPUTE_CAP",
-        "FASP_NO_CUDA",
-        "FASP_PTX_VERSION",
-    ] {
+    for var in ["NVCC", "CUDA_HOME", "CUDA_COMPUTE_CAP", "FASP_NO_CUDA", "FASP_PTX_VERSION"] {
         println!("cargo:rerun-if-env-changed={var}");
     }
 
@@ -70,9 +64,8 @@ fn main() {
 
     let cap = env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "80".to_string());
     let cap = cap.trim().to_string();
-    let valid_cap = !cap.is_empty()
-        && cap.chars().next().is_some_and(|c| c.is_ascii_digit())
-        && cap.chars().all(|c| c.is_ascii_alphanumeric());
+    let valid_cap =
+        !cap.is_empty() && cap.chars().next().is_some_and(|c| c.is_ascii_digit()) && cap.chars().all(|c| c.is_ascii_alphanumeric());
     // The ptxas check below needs sm_CAP too, so both spellings come from this one value.
     if !valid_cap {
         panic!("CUDA_COMPUTE_CAP={cap:?} is not a compute capability like 80, 89, 90 or 90a");
@@ -80,11 +73,7 @@ fn main() {
     let arch = format!("compute_{cap}");
 
     let no_cuda = env::var("FASP_NO_CUDA").is_ok_and(|v| !v.is_empty() && v != "0");
-    let (nvcc, notes) = if no_cuda {
-        (None, vec!["FASP_NO_CUDA is set".to_string()])
-    } else {
-        find_nvcc(&manifest_dir)
-    };
+    let (nvcc, notes) = if no_cuda { (None, vec!["FASP_NO_CUDA is set".to_string()]) } else { find_nvcc(&manifest_dir) };
 
     let Some(nvcc) = nvcc else {
         println!(
@@ -102,12 +91,7 @@ fn main() {
         .arg("--version")
         .output()
         .ok()
-        .and_then(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .find(|l| l.contains("release"))
-                .map(|l| l.trim().to_string())
-        })
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).lines().find(|l| l.contains("release")).map(|l| l.trim().to_string()))
         .unwrap_or_default();
 
     // Include flags: nvcc.profile of a toolkit-shaped tree adds them too; being explicit keeps a bare nvcc
@@ -151,55 +135,31 @@ fn main() {
     let mut failures = String::new();
     for (src, child) in children {
         let out = child.wait_with_output().expect("waiting for nvcc");
-        let msg = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let msg = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         if !out.status.success() {
-            let _ = writeln!(
-                failures,
-                "nvcc failed on {} ({}):\n{msg}",
-                src.display(),
-                out.status
-            );
+            let _ = writeln!(failures, "nvcc failed on {} ({}):\n{msg}", src.display(), out.status);
         } else {
             for line in msg.lines().filter(|l| !l.trim().is_empty()) {
-                println!(
-                    "cargo:warning=nvcc {}: {line}",
-                    src.file_name().unwrap().to_string_lossy()
-                );
+                println!("cargo:warning=nvcc {}: {line}", src.file_name().unwrap().to_string_lossy());
             }
         }
     }
     if !failures.is_empty() {
-        panic!(
-            "CUDA kernel compilation failed (nvcc {}):\n{failures}",
-            nvcc.display()
-        );
+        panic!("CUDA kernel compilation failed (nvcc {}):\n{failures}", nvcc.display());
     }
 
     // nvcc 13 stamps its PTX `.version 9.0`, which only drivers for CUDA >= 13.0 (r580+) can JIT. The code for
     // compute_80 uses nothing newer, so by default the header is lowered to FASP_PTX_VERSION (default 8.0: any
     // CUDA 12 driver) and checked with ptxas; FASP_PTX_VERSION=native keeps nvcc's header.
     // Targets newer than sm_90 need a newer ISA than the default: keep nvcc's header for them.
-    let cap_num: u32 = cap
-        .chars()
-        .take_while(|c| c.is_ascii_digit())
-        .collect::<String>()
-        .parse()
-        .unwrap_or(0);
-    let default_version = if cap_num >= 100 {
-        "native"
-    } else {
-        DEFAULT_PTX_VERSION
-    };
+    let cap_num: u32 = cap.chars().take_while(|c| c.is_ascii_digit()).collect::<String>().parse().unwrap_or(0);
+    let default_version = if cap_num >= 100 { "native" } else { DEFAULT_PTX_VERSION };
     let ptx_version = env::var("FASP_PTX_VERSION").unwrap_or_else(|_| default_version.to_string());
     let ptx_version = ptx_version.trim();
     if ptx_version != "native" {
-        let ok = ptx_version.split_once('.').is_some_and(|(a, b)| {
-            !a.is_empty() && !b.is_empty() && (a.to_owned() + b).chars().all(|c| c.is_ascii_digit())
-        });
+        let ok = ptx_version
+            .split_once('.')
+            .is_some_and(|(a, b)| !a.is_empty() && !b.is_empty() && (a.to_owned() + b).chars().all(|c| c.is_ascii_digit()));
         if !ok {
             panic!("FASP_PTX_VERSION={ptx_version:?}: expected MAJOR.MINOR (e.g. 8.0) or `native`");
         }
@@ -208,8 +168,7 @@ fn main() {
         for src in &sources {
             let path = out_dir.join(ptx_file_name(src));
             let text = fs::read_to_string(&path).expect("reading PTX");
-            let text = set_ptx_version(&text, ptx_version)
-                .unwrap_or_else(|| panic!("no `.version` line in {}", path.display()));
+            let text = set_ptx_version(&text, ptx_version).unwrap_or_else(|| panic!("no `.version` line in {}", path.display()));
             fs::write(&path, text).expect("writing PTX");
             if is_executable(&ptxas) {
                 let child = Command::new(&ptxas)
@@ -225,9 +184,7 @@ fn main() {
             }
         }
         if checks.is_empty() && !sources.is_empty() {
-            println!(
-                "cargo:warning=fasp-engine: no ptxas beside nvcc; PTX lowered to .version {ptx_version} unchecked"
-            );
+            println!("cargo:warning=fasp-engine: no ptxas beside nvcc; PTX lowered to .version {ptx_version} unchecked");
         }
         let mut failures = String::new();
         for (src, child) in checks {
@@ -280,64 +237,33 @@ fn const_name(src: &Path) -> String {
         .unwrap()
         .to_string_lossy()
         .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() {
-                c.to_ascii_uppercase()
-            } else {
-                '_'
-            }
-        })
+        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_uppercase() } else { '_' })
         .collect()
 }
 
 /// Writes ptx.rs. `ptx_dir` is None when kernels were not built (every constant is then "").
-fn write_ptx_rs(
-    out_dir: &Path,
-    sources: &[PathBuf],
-    ptx_dir: Option<&Path>,
-    arch: &str,
-    version: &str,
-) {
+fn write_ptx_rs(out_dir: &Path, sources: &[PathBuf], ptx_dir: Option<&Path>, arch: &str, version: &str) {
     let mut code = String::new();
     code.push_str("// @generated by build.rs: PTX of every cuda/*.cu file.\n");
-    let _ = writeln!(
-        code,
-        "/// True when build.rs compiled the kernels (nvcc was found)."
-    );
-    let _ = writeln!(
-        code,
-        "pub const KERNELS_BUILT: bool = {};",
-        ptx_dir.is_some()
-    );
-    let _ = writeln!(
-        code,
-        "/// The virtual architecture the PTX targets, e.g. \"compute_80\"."
-    );
+    let _ = writeln!(code, "/// True when build.rs compiled the kernels (nvcc was found).");
+    let _ = writeln!(code, "pub const KERNELS_BUILT: bool = {};", ptx_dir.is_some());
+    let _ = writeln!(code, "/// The virtual architecture the PTX targets, e.g. \"compute_80\".");
     let _ = writeln!(code, "pub const PTX_ARCH: &str = {arch:?};");
-    let _ = writeln!(
-        code,
-        "/// nvcc's release line, empty when kernels were not built."
-    );
+    let _ = writeln!(code, "/// nvcc's release line, empty when kernels were not built.");
     let _ = writeln!(code, "pub const NVCC_VERSION: &str = {version:?};");
     let mut all = Vec::new();
     for src in sources {
         let name = const_name(src);
         let stem = src.file_stem().unwrap().to_string_lossy().to_string();
         let value = match ptx_dir {
-            Some(dir) => format!(
-                "include_str!({:?})",
-                dir.join(ptx_file_name(src)).display().to_string()
-            ),
+            Some(dir) => format!("include_str!({:?})", dir.join(ptx_file_name(src)).display().to_string()),
             None => "\"\"".to_string(),
         };
         let _ = writeln!(code, "/// PTX of `cuda/{stem}.cu`.");
         let _ = writeln!(code, "pub const {name}: &str = {value};");
         all.push((stem, name));
     }
-    let _ = writeln!(
-        code,
-        "/// (module name = file stem, PTX) for every kernel file."
-    );
+    let _ = writeln!(code, "/// (module name = file stem, PTX) for every kernel file.");
     code.push_str("pub const ALL: &[(&str, &str)] = &[\n");
     for (stem, name) in &all {
         let _ = writeln!(code, "    ({stem:?}, {name}),");
@@ -351,11 +277,7 @@ fn find_nvcc(manifest_dir: &Path) -> (Option<PathBuf>, Vec<String>) {
     let mut notes = Vec::new();
     if let Some(v) = env::var_os("NVCC").filter(|v| !v.is_empty()) {
         let p = PathBuf::from(&v);
-        let resolved = if p.components().count() == 1 {
-            search_path(&v)
-        } else {
-            Some(p.clone())
-        };
+        let resolved = if p.components().count() == 1 { search_path(&v) } else { Some(p.clone()) };
         match resolved.filter(|p| is_executable(p)) {
             Some(p) => return (Some(p), notes),
             None => notes.push(format!("NVCC={} is not an executable", p.display())),
@@ -382,9 +304,7 @@ fn find_nvcc(manifest_dir: &Path) -> (Option<PathBuf>, Vec<String>) {
 
 fn search_path(name: &std::ffi::OsStr) -> Option<PathBuf> {
     let path = env::var_os("PATH")?;
-    env::split_paths(&path)
-        .map(|dir| dir.join(name))
-        .find(|p| is_executable(p))
+    env::split_paths(&path).map(|dir| dir.join(name)).find(|p| is_executable(p))
 }
 
 fn is_executable(p: &Path) -> bool {

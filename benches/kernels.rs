@@ -199,9 +199,7 @@ fn gpu_shape(c: &mut Criterion, gpu: &Gpu, sh: &Shape) {
     let mut cs = gpu.alloc::<f32>(ffn, "colscore").unwrap();
     let bytes = (d * ffn * 4) as u64;
     let path = score::choose_path(gpu, d, ffn);
-    bench(&mut g, gpu, "score fc2 f32", Throughput::Bytes(bytes), || {
-        score::column_scores(gpu, &w2, d, ffn, &hd, &mut cs, path).unwrap()
-    });
+    bench(&mut g, gpu, "score fc2 f32", Throughput::Bytes(bytes), || score::column_scores(gpu, &w2, d, ffn, &hd, &mut cs, path).unwrap());
     let mut w2b = gpu.alloc::<fasp_engine::backend::cuda::Bf16>(d * ffn, "W2 bf16").unwrap();
     fw::to_bf16(gpu, &w2, &mut w2b, d * ffn).unwrap();
     bench(&mut g, gpu, "score fc2 bf16", Throughput::Bytes(bytes / 2), || {
@@ -214,9 +212,7 @@ fn gpu_shape(c: &mut Criterion, gpu: &Gpu, sh: &Shape) {
         score::column_scores(gpu, &wo, d, d, &hd, &mut cs, pth).unwrap()
     });
     let mut copy = gpu.alloc::<f32>(d * ffn, "copy").unwrap();
-    bench(&mut g, gpu, "copy d2d (W2 bytes, read+write)", Throughput::Bytes(2 * bytes), || {
-        gpu.stream.memcpy_dtod(&w2, &mut copy).unwrap()
-    });
+    bench(&mut g, gpu, "copy d2d (W2 bytes, read+write)", Throughput::Bytes(2 * bytes), || gpu.stream.memcpy_dtod(&w2, &mut copy).unwrap());
     drop(copy);
 
     // --- top-k over the ffn unit scores (20% pruned)
@@ -289,9 +285,13 @@ fn gpu_shape(c: &mut Criterion, gpu: &Gpu, sh: &Shape) {
         g.throughput(Throughput::Elements(flops));
         g.bench_function(format!("cholesky n={ns} {tr:?} (flop)"), |b| {
             b.iter_custom(|iters| {
-                gpu_time_each(gpu, iters, &mut a, |a| gpu.stream.memcpy_dtod(&hss, a).unwrap(), |a| {
-                    cholesky::factor(gpu, a, shape, &mut info, tr).unwrap()
-                })
+                gpu_time_each(
+                    gpu,
+                    iters,
+                    &mut a,
+                    |a| gpu.stream.memcpy_dtod(&hss, a).unwrap(),
+                    |a| cholesky::factor(gpu, a, shape, &mut info, tr).unwrap(),
+                )
             })
         });
     }
@@ -328,9 +328,7 @@ fn gpu_shape(c: &mut Criterion, gpu: &Gpu, sh: &Shape) {
     bench(&mut g, gpu, "rmsnorm", Throughput::Bytes(nb), || fw::rmsnorm(gpu, &xs, Some(&gm), &mut ys, tokens, d, 1e-5).unwrap());
     let hdim = d / sh.heads;
     let hdim = hdim - hdim % 2;
-    bench(&mut g, gpu, "rope q", Throughput::Bytes(nb), || {
-        fw::rope(gpu, &mut ys, tokens, sh.heads, hdim, d, l, 10000.0, None).unwrap()
-    });
+    bench(&mut g, gpu, "rope q", Throughput::Bytes(nb), || fw::rope(gpu, &mut ys, tokens, sh.heads, hdim, d, l, 10000.0, None).unwrap());
     bench(&mut g, gpu, "add (in place)", Throughput::Bytes((3 * tokens * d * 4) as u64), || {
         fw::add_assign(gpu, &mut ys, &xs, tokens * d).unwrap()
     });
@@ -369,9 +367,7 @@ fn gpu_shape(c: &mut Criterion, gpu: &Gpu, sh: &Shape) {
     let vocab = 32000;
     let table = up(&randv(vocab * d, 14), "embedding");
     let ids = gpu.upload(&(0..tokens).map(|i| ((i * 7919) % vocab) as i32).collect::<Vec<_>>(), "ids").unwrap();
-    bench(&mut g, gpu, "embed gather", Throughput::Bytes(nb), || {
-        fw::embed_gather(gpu, &ids, &table, &mut ys, tokens, vocab, d).unwrap()
-    });
+    bench(&mut g, gpu, "embed gather", Throughput::Bytes(nb), || fw::embed_gather(gpu, &ids, &table, &mut ys, tokens, vocab, d).unwrap());
     g.finish();
     gpu.sync().unwrap();
 }

@@ -90,7 +90,17 @@ pub const SHAPES: &[Shape] = &[
     llama("llama-30b", 6656, 60, 52, 17920, Some(900.0)),
     llama("llama-65b", 8192, 80, 64, 22016, None),
     Shape { name: "tiny", family: Family::Opt, hidden: 64, layers: 2, heads: 4, kv_heads: 4, ffn: 256, vocab: 512, paper_seconds: None },
-    Shape { name: "tiny-llama", family: Family::Llama, hidden: 64, layers: 2, heads: 4, kv_heads: 2, ffn: 160, vocab: 512, paper_seconds: None },
+    Shape {
+        name: "tiny-llama",
+        family: Family::Llama,
+        hidden: 64,
+        layers: 2,
+        heads: 4,
+        kv_heads: 2,
+        ffn: 160,
+        vocab: 512,
+        paper_seconds: None,
+    },
 ];
 
 /// The shape called `name`, or an error naming the known ones.
@@ -369,11 +379,7 @@ pub fn machine() -> Machine {
         .ok()
         .and_then(|s| s.lines().find(|l| l.starts_with("model name")).and_then(|l| l.split(':').nth(1)).map(|m| m.trim().to_string()))
         .unwrap_or_else(|| "unknown".into());
-    Machine {
-        cpu,
-        logical_cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
-        threads: rayon::current_num_threads(),
-    }
+    Machine { cpu, logical_cores: std::thread::available_parallelism().map_or(1, |n| n.get()), threads: rayon::current_num_threads() }
 }
 
 /// Seconds per phase of the pipeline. `other` is the pipeline's wall time not inside any timed
@@ -481,10 +487,7 @@ fn check_settings(shape: &Shape, opts: &BenchOptions) -> Result<()> {
         return Err(FaspError::Arg(format!("--seqlen must be at least 2, got {}", opts.seqlen)));
     }
     if shape.family == Family::Opt && opts.seqlen > MAX_POSITIONS {
-        return Err(FaspError::Arg(format!(
-            "--seqlen {} exceeds OPT's {MAX_POSITIONS} learned positions",
-            opts.seqlen
-        )));
+        return Err(FaspError::Arg(format!("--seqlen {} exceeds OPT's {MAX_POSITIONS} learned positions", opts.seqlen)));
     }
     Ok(())
 }

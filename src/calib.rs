@@ -49,12 +49,9 @@ pub fn read_npy(path: &Path) -> Result<Tokens> {
             (npyz::TypeChar::Int, 2) => npy.into_vec::<i16>().map_err(|e| err(e.to_string()))?.into_iter().map(i64::from).collect(),
             (npyz::TypeChar::Uint, 4) => npy.into_vec::<u32>().map_err(|e| err(e.to_string()))?.into_iter().map(i64::from).collect(),
             (npyz::TypeChar::Uint, 2) => npy.into_vec::<u16>().map_err(|e| err(e.to_string()))?.into_iter().map(i64::from).collect(),
-            (npyz::TypeChar::Uint, 8) => npy
-                .into_vec::<u64>()
-                .map_err(|e| err(e.to_string()))?
-                .into_iter()
-                .map(|v| i64::try_from(v).unwrap_or(-1))
-                .collect(),
+            (npyz::TypeChar::Uint, 8) => {
+                npy.into_vec::<u64>().map_err(|e| err(e.to_string()))?.into_iter().map(|v| i64::try_from(v).unwrap_or(-1)).collect()
+            }
             _ => return Err(err(format!("dtype {type_str:?} is not an integer type"))),
         },
         _ => return Err(err(format!("dtype {type_str:?} is not an integer type"))),

@@ -46,40 +46,21 @@ pub enum GgufError {
          but the file is {file_len} bytes",
         .path.display()
     )]
-    Truncated {
-        path: PathBuf,
-        what: String,
-        offset: u64,
-        needed: u64,
-        file_len: u64,
-    },
+    Truncated { path: PathBuf, what: String, offset: u64, needed: u64, file_len: u64 },
     #[error("{}: malformed GGUF: {msg}", .path.display())]
     Malformed { path: PathBuf, msg: String },
     #[error("{}: tensor '{tensor}' has unknown ggml type id {type_id}", .path.display())]
-    UnknownTensorType {
-        path: PathBuf,
-        tensor: String,
-        type_id: u32,
-    },
+    UnknownTensorType { path: PathBuf, tensor: String, type_id: u32 },
     #[error(
         "{}: tensor '{tensor}' has ggml type {type_name} (id {type_id}), which is not supported \
          for dequantization (supported: F32, F16, BF16, Q8_0, Q4_1)",
         .path.display()
     )]
-    UnsupportedTensorType {
-        path: PathBuf,
-        tensor: String,
-        type_name: &'static str,
-        type_id: u32,
-    },
+    UnsupportedTensorType { path: PathBuf, tensor: String, type_name: &'static str, type_id: u32 },
     #[error("{}: no tensor named '{name}'", .path.display())]
     TensorNotFound { path: PathBuf, name: String },
     #[error("{}: metadata '{key}': {msg}", .path.display())]
-    Metadata {
-        path: PathBuf,
-        key: String,
-        msg: String,
-    },
+    Metadata { path: PathBuf, key: String, msg: String },
     #[error("{}: architecture '{arch}' is not supported (only 'llama')", .path.display())]
     UnsupportedArchitecture { path: PathBuf, arch: String },
     #[error("{}: cannot build tokenizer: {msg}", .path.display())]
@@ -166,12 +147,7 @@ pub struct GgmlType {
 }
 
 const fn ty(id: u32, name: &'static str, block_elems: u64, block_bytes: u64) -> GgmlType {
-    GgmlType {
-        id,
-        name,
-        block_elems,
-        block_bytes,
-    }
+    GgmlType { id, name, block_elems, block_bytes }
 }
 
 /// All ggml types whose storage size is known (so their extents can be checked), whether or
@@ -270,10 +246,7 @@ impl<'a> Reader<'a> {
     }
 
     fn malformed(&self, msg: impl Into<String>) -> GgufError {
-        GgufError::Malformed {
-            path: self.path.to_path_buf(),
-            msg: msg.into(),
-        }
+        GgufError::Malformed { path: self.path.to_path_buf(), msg: msg.into() }
     }
 
     fn take(&mut self, n: u64, what: &dyn Fn() -> String) -> Result<&'a [u8], GgufError> {
@@ -310,8 +283,7 @@ impl<'a> Reader<'a> {
         }
         let start = self.pos;
         let bytes = self.take(len, what)?;
-        String::from_utf8(bytes.to_vec())
-            .map_err(|_| self.malformed(format!("{} at byte {start} is not valid UTF-8", what())))
+        String::from_utf8(bytes.to_vec()).map_err(|_| self.malformed(format!("{} at byte {start} is not valid UTF-8", what())))
     }
 
     /// Checks that `count` items of at least `min_bytes` each can fit in what is left.
@@ -353,11 +325,8 @@ impl<'a> Reader<'a> {
                 }
                 let elem_type = self.u32(&|| format!("array element type of metadata '{key}'"))?;
                 let n = self.u64(&|| format!("array length of metadata '{key}'"))?;
-                let min = min_value_bytes(elem_type).ok_or_else(|| {
-                    self.malformed(format!(
-                        "metadata '{key}': unknown array element type {elem_type}"
-                    ))
-                })?;
+                let min = min_value_bytes(elem_type)
+                    .ok_or_else(|| self.malformed(format!("metadata '{key}': unknown array element type {elem_type}")))?;
                 self.check_count(n, min, &format!("array length of metadata '{key}'"))?;
                 let mut items = Vec::with_capacity(n as usize);
                 for _ in 0..n {
@@ -389,20 +358,14 @@ fn min_value_bytes(type_id: u32) -> Option<u64> {
 impl GgufFile {
     /// Maps and parses a GGUF file, validating the whole header and every tensor's extent.
     pub fn open(path: &Path) -> Result<Self, GgufError> {
-        let io = |source| GgufError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
+        let io = |source| GgufError::Io { path: path.to_path_buf(), source };
         let file = File::open(path).map_err(io)?;
         let len = file.metadata().map_err(io)?.len();
         if len < 4 + 4 + 8 + 8 {
             // Too short for the fixed header; also avoids mapping an empty file.
             let found = std::fs::read(path).map_err(io)?;
             if found.len() >= 4 && &found[..4] != GGUF_MAGIC {
-                return Err(GgufError::BadMagic {
-                    path: path.to_path_buf(),
-                    found: found[..4].to_vec(),
-                });
+                return Err(GgufError::BadMagic { path: path.to_path_buf(), found: found[..4].to_vec() });
             }
             return Err(GgufError::Truncated {
                 path: path.to_path_buf(),
@@ -420,17 +383,10 @@ impl GgufFile {
 
     fn parse(path: PathBuf, mmap: Mmap) -> Result<Self, GgufError> {
         let (version, metadata, tensors, alignment, data_offset) = {
-            let mut r = Reader {
-                data: &mmap[..],
-                pos: 0,
-                path: &path,
-            };
+            let mut r = Reader { data: &mmap[..], pos: 0, path: &path };
             let magic: [u8; 4] = r.array(&|| "magic".into())?;
             if &magic != GGUF_MAGIC {
-                return Err(GgufError::BadMagic {
-                    path,
-                    found: magic.to_vec(),
-                });
+                return Err(GgufError::BadMagic { path, found: magic.to_vec() });
             }
             let version = r.u32(&|| "version".into())?;
             if version != 2 && version != 3 {
@@ -454,11 +410,7 @@ impl GgufFile {
                 None => DEFAULT_ALIGNMENT,
                 Some((_, v)) => match v.as_u64() {
                     Some(a) if a > 0 && a.is_power_of_two() && a <= 1 << 20 => a,
-                    _ => {
-                        return Err(
-                            r.malformed(format!("general.alignment is {v:?}; need a power of two"))
-                        )
-                    }
+                    _ => return Err(r.malformed(format!("general.alignment is {v:?}; need a power of two"))),
                 },
             };
 
@@ -468,9 +420,7 @@ impl GgufFile {
                 let name = r.string(&|| format!("name of tensor {i}"))?;
                 let n_dims = r.u32(&|| format!("n_dims of tensor '{name}'"))?;
                 if n_dims > MAX_DIMS {
-                    return Err(r.malformed(format!(
-                        "tensor '{name}' has {n_dims} dims (max {MAX_DIMS})"
-                    )));
+                    return Err(r.malformed(format!("tensor '{name}' has {n_dims} dims (max {MAX_DIMS})")));
                 }
                 let mut dims = Vec::with_capacity(n_dims as usize);
                 for d in 0..n_dims {
@@ -479,11 +429,7 @@ impl GgufFile {
                 let type_id = r.u32(&|| format!("type of tensor '{name}'"))?;
                 let offset = r.u64(&|| format!("data offset of tensor '{name}'"))?;
                 let Some(ty) = ggml_type(type_id) else {
-                    return Err(GgufError::UnknownTensorType {
-                        path: path.clone(),
-                        tensor: name,
-                        type_id,
-                    });
+                    return Err(GgufError::UnknownTensorType { path: path.clone(), tensor: name, type_id });
                 };
                 infos.push((name, dims, ty, offset));
             }
@@ -503,18 +449,11 @@ impl GgufFile {
 
             let mut tensors = Vec::with_capacity(infos.len());
             for (name, dims, ty, offset) in infos {
-                let malformed = |msg: String| GgufError::Malformed {
-                    path: path.clone(),
-                    msg,
-                };
+                let malformed = |msg: String| GgufError::Malformed { path: path.clone(), msg };
                 let n_elements = dims
                     .iter()
                     .try_fold(1u64, |acc, &d| acc.checked_mul(d))
-                    .ok_or_else(|| {
-                        malformed(format!(
-                            "tensor '{name}': element count of dims {dims:?} overflows"
-                        ))
-                    })?;
+                    .ok_or_else(|| malformed(format!("tensor '{name}': element count of dims {dims:?} overflows")))?;
                 let ne0 = dims.first().copied().unwrap_or(1);
                 if ne0 % ty.block_elems != 0 {
                     return Err(malformed(format!(
@@ -526,27 +465,20 @@ impl GgufFile {
                     .checked_mul(ty.block_bytes)
                     .ok_or_else(|| malformed(format!("tensor '{name}': byte size overflows")))?;
                 if offset % alignment != 0 {
-                    return Err(malformed(format!(
-                        "tensor '{name}': data offset {offset} is not a multiple of the alignment {alignment}"
-                    )));
+                    return Err(malformed(format!("tensor '{name}': data offset {offset} is not a multiple of the alignment {alignment}")));
                 }
                 match offset.checked_add(n_bytes) {
                     Some(end) if end <= data_len => {}
-                    _ => return Err(malformed(format!(
-                        "tensor '{name}' ({} {dims:?}, {n_bytes} bytes at data offset {offset}) \
+                    _ => {
+                        return Err(malformed(format!(
+                            "tensor '{name}' ({} {dims:?}, {n_bytes} bytes at data offset {offset}) \
                              extends past the end of the file (data section is {data_len} bytes \
                              starting at byte {data_offset})",
-                        ty.name
-                    ))),
+                            ty.name
+                        )))
+                    }
                 }
-                tensors.push(TensorInfo {
-                    name,
-                    dims,
-                    ty,
-                    offset,
-                    n_elements,
-                    n_bytes,
-                });
+                tensors.push(TensorInfo { name, dims, ty, offset, n_elements, n_bytes });
             }
             (version, metadata, tensors, alignment, data_offset)
         };
@@ -554,32 +486,16 @@ impl GgufFile {
         let mut metadata_index = HashMap::with_capacity(metadata.len());
         for (i, (k, _)) in metadata.iter().enumerate() {
             if metadata_index.insert(k.clone(), i).is_some() {
-                return Err(GgufError::Malformed {
-                    path,
-                    msg: format!("duplicate metadata key '{k}'"),
-                });
+                return Err(GgufError::Malformed { path, msg: format!("duplicate metadata key '{k}'") });
             }
         }
         let mut tensor_index = HashMap::with_capacity(tensors.len());
         for (i, t) in tensors.iter().enumerate() {
             if tensor_index.insert(t.name.clone(), i).is_some() {
-                return Err(GgufError::Malformed {
-                    path,
-                    msg: format!("duplicate tensor name '{}'", t.name),
-                });
+                return Err(GgufError::Malformed { path, msg: format!("duplicate tensor name '{}'", t.name) });
             }
         }
-        Ok(GgufFile {
-            path,
-            mmap,
-            version,
-            metadata,
-            metadata_index,
-            tensors,
-            tensor_index,
-            alignment,
-            data_offset,
-        })
+        Ok(GgufFile { path, mmap, version, metadata, metadata_index, tensors, tensor_index, alignment, data_offset })
     }
 
     pub fn path(&self) -> &Path {
@@ -628,12 +544,9 @@ impl GgufFile {
     pub fn tensor_f32(&self, gguf_name: &str) -> Result<(Vec<usize>, Vec<f32>), GgufError> {
         let info = self
             .tensor_info(gguf_name)
-            .ok_or_else(|| GgufError::TensorNotFound {
-                path: self.path.clone(),
-                name: gguf_name.to_string(),
-            })?;
-        let data = dequantize(self.tensor_bytes(info), info.ty, info.n_elements as usize)
-            .ok_or_else(|| GgufError::UnsupportedTensorType {
+            .ok_or_else(|| GgufError::TensorNotFound { path: self.path.clone(), name: gguf_name.to_string() })?;
+        let data =
+            dequantize(self.tensor_bytes(info), info.ty, info.n_elements as usize).ok_or_else(|| GgufError::UnsupportedTensorType {
                 path: self.path.clone(),
                 tensor: info.name.clone(),
                 type_name: info.ty.name,
@@ -643,72 +556,44 @@ impl GgufFile {
     }
 
     fn meta_err(&self, key: &str, msg: impl Into<String>) -> GgufError {
-        GgufError::Metadata {
-            path: self.path.clone(),
-            key: key.to_string(),
-            msg: msg.into(),
-        }
+        GgufError::Metadata { path: self.path.clone(), key: key.to_string(), msg: msg.into() }
     }
 
     fn meta_u64(&self, key: &str) -> Result<Option<u64>, GgufError> {
         match self.metadata(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(Some)
-                .ok_or_else(|| self.meta_err(key, format!("expected an integer, found {v:?}"))),
+            Some(v) => v.as_u64().map(Some).ok_or_else(|| self.meta_err(key, format!("expected an integer, found {v:?}"))),
         }
     }
 
     fn meta_u64_req(&self, key: &str) -> Result<u64, GgufError> {
-        self.meta_u64(key)?
-            .ok_or_else(|| self.meta_err(key, "missing"))
+        self.meta_u64(key)?.ok_or_else(|| self.meta_err(key, "missing"))
     }
 
     fn meta_f64(&self, key: &str) -> Result<Option<f64>, GgufError> {
         match self.metadata(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_f64()
-                .map(Some)
-                .ok_or_else(|| self.meta_err(key, format!("expected a number, found {v:?}"))),
+            Some(v) => v.as_f64().map(Some).ok_or_else(|| self.meta_err(key, format!("expected a number, found {v:?}"))),
         }
     }
 
     fn meta_str(&self, key: &str) -> Result<Option<&str>, GgufError> {
         match self.metadata(key) {
             None => Ok(None),
-            Some(v) => v
-                .as_str()
-                .map(Some)
-                .ok_or_else(|| self.meta_err(key, "expected a string")),
+            Some(v) => v.as_str().map(Some).ok_or_else(|| self.meta_err(key, "expected a string")),
         }
     }
 
     fn meta_str_array(&self, key: &str) -> Result<Vec<&str>, GgufError> {
-        let v = self
-            .metadata(key)
-            .ok_or_else(|| self.meta_err(key, "missing"))?;
-        let a = v
-            .as_array()
-            .ok_or_else(|| self.meta_err(key, "expected an array of strings"))?;
-        a.iter()
-            .map(|x| {
-                x.as_str()
-                    .ok_or_else(|| self.meta_err(key, "expected an array of strings"))
-            })
-            .collect()
+        let v = self.metadata(key).ok_or_else(|| self.meta_err(key, "missing"))?;
+        let a = v.as_array().ok_or_else(|| self.meta_err(key, "expected an array of strings"))?;
+        a.iter().map(|x| x.as_str().ok_or_else(|| self.meta_err(key, "expected an array of strings"))).collect()
     }
 
     fn check_llama(&self) -> Result<(), GgufError> {
-        let arch = self
-            .meta_str("general.architecture")?
-            .ok_or_else(|| self.meta_err("general.architecture", "missing"))?;
+        let arch = self.meta_str("general.architecture")?.ok_or_else(|| self.meta_err("general.architecture", "missing"))?;
         if arch != "llama" {
-            return Err(GgufError::UnsupportedArchitecture {
-                path: self.path.clone(),
-                arch: arch.to_string(),
-            });
+            return Err(GgufError::UnsupportedArchitecture { path: self.path.clone(), arch: arch.to_string() });
         }
         Ok(())
     }
@@ -716,9 +601,7 @@ impl GgufFile {
     /// (n_head, n_head_kv) from the llama metadata.
     fn llama_heads(&self) -> Result<(u64, u64), GgufError> {
         let n_head = self.meta_u64_req("llama.attention.head_count")?;
-        let n_head_kv = self
-            .meta_u64("llama.attention.head_count_kv")?
-            .unwrap_or(n_head);
+        let n_head_kv = self.meta_u64("llama.attention.head_count_kv")?.unwrap_or(n_head);
         if n_head == 0 || n_head_kv == 0 {
             return Err(self.meta_err("llama.attention.head_count", "head counts must be positive"));
         }
@@ -736,35 +619,22 @@ impl GgufFile {
             Some(d) => d,
             None => {
                 if hidden % n_head != 0 {
-                    return Err(self.meta_err(
-                        "llama.embedding_length",
-                        format!("{hidden} not divisible by {n_head} heads"),
-                    ));
+                    return Err(self.meta_err("llama.embedding_length", format!("{hidden} not divisible by {n_head} heads")));
                 }
                 hidden / n_head
             }
         };
-        let eps = self
-            .meta_f64("llama.attention.layer_norm_rms_epsilon")?
-            .unwrap_or(1e-5);
+        let eps = self.meta_f64("llama.attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5);
         let rope_theta = self.meta_f64("llama.rope.freq_base")?.unwrap_or(10000.0);
         let ctx = self.meta_u64("llama.context_length")?.unwrap_or(2048);
         let vocab = match self.meta_u64("llama.vocab_size")? {
             Some(v) => v,
-            None => match self
-                .metadata("tokenizer.ggml.tokens")
-                .and_then(|v| v.as_array())
-            {
+            None => match self.metadata("tokenizer.ggml.tokens").and_then(|v| v.as_array()) {
                 Some(a) => a.len() as u64,
                 None => self
                     .tensor_info("token_embd.weight")
                     .and_then(|t| t.dims.get(1).copied())
-                    .ok_or_else(|| {
-                        self.meta_err(
-                            "llama.vocab_size",
-                            "missing, and no tokenizer or token_embd to infer it from",
-                        )
-                    })?,
+                    .ok_or_else(|| self.meta_err("llama.vocab_size", "missing, and no tokenizer or token_embd to infer it from"))?,
             },
         };
         let tied = self.tensor_info("output.weight").is_none();
@@ -801,25 +671,14 @@ impl GgufFile {
     /// file order. Names with no LLaMA mapping are passed through unchanged. A tied LM head
     /// (no `output.weight`) is not listed.
     pub fn hf_tensor_names(&self) -> Vec<(String, Vec<usize>)> {
-        self.tensors
-            .iter()
-            .map(|t| {
-                (
-                    gguf_to_hf_name(&t.name).unwrap_or_else(|| t.name.clone()),
-                    t.shape(),
-                )
-            })
-            .collect()
+        self.tensors.iter().map(|t| (gguf_to_hf_name(&t.name).unwrap_or_else(|| t.name.clone()), t.shape())).collect()
     }
 
     /// Dequantized f32 data of one tensor by HF name, with Q/K rows un-permuted.
     pub fn hf_tensor_f32(&self, hf_name: &str) -> Result<(Vec<usize>, Vec<f32>), GgufError> {
         let gguf_name = hf_to_gguf_name(hf_name).unwrap_or_else(|| hf_name.to_string());
         if self.tensor_info(&gguf_name).is_none() {
-            return Err(GgufError::TensorNotFound {
-                path: self.path.clone(),
-                name: hf_name.to_string(),
-            });
+            return Err(GgufError::TensorNotFound { path: self.path.clone(), name: hf_name.to_string() });
         }
         let (shape, data) = self.tensor_f32(&gguf_name)?;
         let n_heads = if gguf_name.ends_with(".attn_q.weight") {
@@ -832,21 +691,13 @@ impl GgufFile {
         match n_heads {
             None => Ok((shape, data)),
             Some(n_h) => {
-                let malformed = |msg: String| GgufError::Malformed {
-                    path: self.path.clone(),
-                    msg,
-                };
+                let malformed = |msg: String| GgufError::Malformed { path: self.path.clone(), msg };
                 if shape.len() != 2 {
-                    return Err(malformed(format!(
-                        "tensor '{gguf_name}' is not a matrix: {shape:?}"
-                    )));
+                    return Err(malformed(format!("tensor '{gguf_name}' is not a matrix: {shape:?}")));
                 }
                 let n_h = n_h as usize;
                 let data = unpermute_rows(&data, shape[0], shape[1], n_h).ok_or_else(|| {
-                    malformed(format!(
-                        "tensor '{gguf_name}': {} rows do not split into {n_h} heads of even size",
-                        shape[0]
-                    ))
+                    malformed(format!("tensor '{gguf_name}': {} rows do not split into {n_h} heads of even size", shape[0]))
                 })?;
                 Ok((shape, data))
             }
@@ -870,45 +721,27 @@ impl GgufFile {
         use tokenizers::processors::PostProcessorWrapper;
         use tokenizers::{AddedToken, Tokenizer};
 
-        let tok_err = |msg: String| GgufError::Tokenizer {
-            path: self.path.clone(),
-            msg,
-        };
-        let model = self
-            .meta_str("tokenizer.ggml.model")?
-            .ok_or_else(|| self.meta_err("tokenizer.ggml.model", "missing"))?;
+        let tok_err = |msg: String| GgufError::Tokenizer { path: self.path.clone(), msg };
+        let model = self.meta_str("tokenizer.ggml.model")?.ok_or_else(|| self.meta_err("tokenizer.ggml.model", "missing"))?;
         if model != "gpt2" {
-            return Err(tok_err(format!(
-                "tokenizer.ggml.model is '{model}'; only 'gpt2' (byte-level BPE) is supported"
-            )));
+            return Err(tok_err(format!("tokenizer.ggml.model is '{model}'; only 'gpt2' (byte-level BPE) is supported")));
         }
         let pre = self.meta_str("tokenizer.ggml.pre")?.unwrap_or("gpt2");
         let split_digits = match pre {
             "smollm" => true,
             "gpt2" => false,
-            other => {
-                return Err(tok_err(format!(
-                    "tokenizer.ggml.pre '{other}' is not supported (smollm, gpt2)"
-                )))
-            }
+            other => return Err(tok_err(format!("tokenizer.ggml.pre '{other}' is not supported (smollm, gpt2)"))),
         };
         let tokens = self.meta_str_array("tokenizer.ggml.tokens")?;
         let merges_raw = self.meta_str_array("tokenizer.ggml.merges")?;
         let types: Option<Vec<u64>> = match self.metadata("tokenizer.ggml.token_type") {
             None => None,
             Some(v) => {
-                let a = v.as_array().ok_or_else(|| {
-                    self.meta_err("tokenizer.ggml.token_type", "expected an array")
-                })?;
+                let a = v.as_array().ok_or_else(|| self.meta_err("tokenizer.ggml.token_type", "expected an array"))?;
                 let t: Option<Vec<u64>> = a.iter().map(|x| x.as_u64()).collect();
-                let t = t.ok_or_else(|| {
-                    self.meta_err("tokenizer.ggml.token_type", "expected integers")
-                })?;
+                let t = t.ok_or_else(|| self.meta_err("tokenizer.ggml.token_type", "expected integers"))?;
                 if t.len() != tokens.len() {
-                    return Err(self.meta_err(
-                        "tokenizer.ggml.token_type",
-                        format!("{} entries for {} tokens", t.len(), tokens.len()),
-                    ));
+                    return Err(self.meta_err("tokenizer.ggml.token_type", format!("{} entries for {} tokens", t.len(), tokens.len())));
                 }
                 Some(t)
             }
@@ -929,16 +762,10 @@ impl GgufFile {
                     .ok_or_else(|| tok_err(format!("merge {i} '{m}' has no space")))
             })
             .collect::<Result<Vec<_>, _>>()?;
-        let bpe = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .build()
-            .map_err(|e| tok_err(format!("BPE: {e}")))?;
+        let bpe = BPE::builder().vocab_and_merges(vocab, merges).build().map_err(|e| tok_err(format!("BPE: {e}")))?;
 
         let mut tk = Tokenizer::new(bpe);
-        let byte_level = ByteLevel::default()
-            .add_prefix_space(false)
-            .trim_offsets(true)
-            .use_regex(true);
+        let byte_level = ByteLevel::default().add_prefix_space(false).trim_offsets(true).use_regex(true);
         let pre_tok = if split_digits {
             PreTokenizerWrapper::Sequence(Sequence::new(vec![
                 PreTokenizerWrapper::Digits(Digits::new(true)),
@@ -966,26 +793,19 @@ impl GgufFile {
             None => {
                 let mut ids: Vec<u64> = ["bos", "eos", "unknown", "padding"]
                     .iter()
-                    .filter_map(|k| {
-                        self.meta_u64(&format!("tokenizer.ggml.{k}_token_id"))
-                            .ok()
-                            .flatten()
-                    })
+                    .filter_map(|k| self.meta_u64(&format!("tokenizer.ggml.{k}_token_id")).ok().flatten())
                     .collect();
                 ids.sort_unstable();
                 ids.dedup();
                 for id in ids {
-                    let t = tokens
-                        .get(id as usize)
-                        .ok_or_else(|| tok_err(format!("special token id {id} out of range")))?;
+                    let t = tokens.get(id as usize).ok_or_else(|| tok_err(format!("special token id {id} out of range")))?;
                     special.push(AddedToken::from(*t, true));
                 }
             }
         }
         tk.add_special_tokens(&special);
         tk.add_tokens(&user);
-        tk.to_string(false)
-            .map_err(|e| tok_err(format!("serialize: {e}")))
+        tk.to_string(false).map_err(|e| tok_err(format!("serialize: {e}")))
     }
 }
 
@@ -1047,25 +867,19 @@ pub fn hf_to_gguf_name(name: &str) -> Option<String> {
 /// `w.reshape(n_h, hd/2, 2, cols).swapaxes(1, 2).reshape(rows, cols)`. None if the rows do not
 /// split into `n_h` heads of even size.
 pub fn unpermute_rows(w: &[f32], rows: usize, cols: usize, n_h: usize) -> Option<Vec<f32>> {
-    if n_h == 0
-        || !rows.is_multiple_of(n_h)
-        || !(rows / n_h).is_multiple_of(2)
-        || w.len() != rows.checked_mul(cols)?
-    {
+    if n_h == 0 || !rows.is_multiple_of(n_h) || !(rows / n_h).is_multiple_of(2) || w.len() != rows.checked_mul(cols)? {
         return None;
     }
     let hd = rows / n_h;
     let half = hd / 2;
     let mut out = vec![0f32; w.len()];
-    out.par_chunks_mut(cols.max(1))
-        .enumerate()
-        .for_each(|(r, dst)| {
-            // destination row r = (h, i, j) in shape (n_h, 2, hd/2); source (h, j, i) in (n_h, hd/2, 2)
-            let (h, within) = (r / hd, r % hd);
-            let (i, j) = (within / half, within % half);
-            let src = h * hd + j * 2 + i;
-            dst.copy_from_slice(&w[src * cols..(src + 1) * cols]);
-        });
+    out.par_chunks_mut(cols.max(1)).enumerate().for_each(|(r, dst)| {
+        // destination row r = (h, i, j) in shape (n_h, 2, hd/2); source (h, j, i) in (n_h, hd/2, 2)
+        let (h, within) = (r / hd, r % hd);
+        let (i, j) = (within / half, within % half);
+        let src = h * hd + j * 2 + i;
+        dst.copy_from_slice(&w[src * cols..(src + 1) * cols]);
+    });
     Some(out)
 }
 
@@ -1089,13 +903,11 @@ pub fn dequantize(bytes: &[u8], ty: GgmlType, n: usize) -> Option<Vec<f32>> {
     let mut out = vec![0f32; n];
     // Work in chunks of many blocks so the parallel overhead stays small.
     let chunk_blocks = if be == 1 { PAR_BLOCKS * 32 } else { PAR_BLOCKS };
-    out.par_chunks_mut(chunk_blocks * be)
-        .zip(bytes.par_chunks(chunk_blocks * bb))
-        .for_each(|(o, b)| {
-            for (ob, bb) in o.chunks_exact_mut(be).zip(b.chunks_exact(bb)) {
-                block(bb, ob);
-            }
-        });
+    out.par_chunks_mut(chunk_blocks * be).zip(bytes.par_chunks(chunk_blocks * bb)).for_each(|(o, b)| {
+        for (ob, bb) in o.chunks_exact_mut(be).zip(b.chunks_exact(bb)) {
+            block(bb, ob);
+        }
+    });
     Some(out)
 }
 
@@ -1153,11 +965,7 @@ mod tests {
             self
         }
         fn header(kv: u64, tensors: u64) -> Self {
-            Builder::default()
-                .bytes(b"GGUF")
-                .u32(3)
-                .u64(tensors)
-                .u64(kv)
+            Builder::default().bytes(b"GGUF").u32(3).u64(tensors).u64(kv)
         }
         fn tensor(self, name: &str, dims: &[u64], ty: u32, offset: u64) -> Self {
             let mut b = self.str(name).u32(dims.len() as u32);
@@ -1218,10 +1026,7 @@ mod tests {
     fn valid_file_opens() {
         let g = open_bytes(&valid_file()).unwrap();
         assert_eq!(g.version(), 3);
-        assert_eq!(
-            g.metadata("general.architecture").unwrap().as_str(),
-            Some("llama")
-        );
+        assert_eq!(g.metadata("general.architecture").unwrap().as_str(), Some("llama"));
         assert_eq!(g.data_offset() % 32, 0);
         let (shape, data) = g.tensor_f32("t").unwrap();
         assert_eq!(shape, vec![2, 3]);
@@ -1274,26 +1079,12 @@ mod tests {
     fn string_past_eof() {
         let b = Builder::header(1, 0).u64(1 << 50).bytes(b"abcdefgh").buf;
         let e = open_err(&b);
-        assert!(
-            e.contains("truncated") && e.contains("key of metadata entry 0"),
-            "{e}"
-        );
-        let b = Builder::header(1, 0)
-            .str("k")
-            .u32(8)
-            .u64(1000)
-            .bytes(b"short")
-            .buf;
+        assert!(e.contains("truncated") && e.contains("key of metadata entry 0"), "{e}");
+        let b = Builder::header(1, 0).str("k").u32(8).u64(1000).bytes(b"short").buf;
         let e = open_err(&b);
         assert!(e.contains("value of metadata 'k'"), "{e}");
         // Huge string array.
-        let b = Builder::header(1, 0)
-            .str("k")
-            .u32(9)
-            .u32(8)
-            .u64(u64::MAX / 2)
-            .bytes(&[0; 16])
-            .buf;
+        let b = Builder::header(1, 0).str("k").u32(9).u32(8).u64(u64::MAX / 2).bytes(&[0; 16]).buf;
         let e = open_err(&b);
         assert!(e.contains("array length"), "{e}");
         // Unknown metadata value type.
@@ -1304,79 +1095,37 @@ mod tests {
     #[test]
     fn tensor_out_of_range() {
         // Offset far past the end.
-        let b = Builder::header(0, 1)
-            .tensor("w", &[4], 0, 1 << 40)
-            .pad(32)
-            .bytes(&[0; 16])
-            .buf;
+        let b = Builder::header(0, 1).tensor("w", &[4], 0, 1 << 40).pad(32).bytes(&[0; 16]).buf;
         let e = open_err(&b);
         assert!(e.contains("'w'") && e.contains("past the end"), "{e}");
         // Extent just one element too long.
-        let b = Builder::header(0, 1)
-            .tensor("w", &[5], 0, 0)
-            .pad(32)
-            .bytes(&[0; 16])
-            .buf;
+        let b = Builder::header(0, 1).tensor("w", &[5], 0, 0).pad(32).bytes(&[0; 16]).buf;
         assert!(open_err(&b).contains("past the end"));
         // Overflowing element count.
-        let b = Builder::header(0, 1)
-            .tensor("w", &[u64::MAX, 3], 0, 0)
-            .pad(32)
-            .bytes(&[0; 16])
-            .buf;
+        let b = Builder::header(0, 1).tensor("w", &[u64::MAX, 3], 0, 0).pad(32).bytes(&[0; 16]).buf;
         assert!(open_err(&b).contains("overflows"));
         // Too many dims.
-        let b = Builder::header(0, 1)
-            .tensor("w", &[1, 1, 1, 1, 1], 0, 0)
-            .pad(32)
-            .bytes(&[0; 16])
-            .buf;
+        let b = Builder::header(0, 1).tensor("w", &[1, 1, 1, 1, 1], 0, 0).pad(32).bytes(&[0; 16]).buf;
         assert!(open_err(&b).contains("dims"));
         // Misaligned offset.
-        let b = Builder::header(0, 1)
-            .tensor("w", &[1], 0, 4)
-            .pad(32)
-            .bytes(&[0; 16])
-            .buf;
+        let b = Builder::header(0, 1).tensor("w", &[1], 0, 4).pad(32).bytes(&[0; 16]).buf;
         assert!(open_err(&b).contains("alignment"));
         // Quantized row not a whole number of blocks.
-        let b = Builder::header(0, 1)
-            .tensor("w", &[16], 8, 0)
-            .pad(32)
-            .bytes(&[0; 64])
-            .buf;
+        let b = Builder::header(0, 1).tensor("w", &[16], 8, 0).pad(32).bytes(&[0; 64]).buf;
         assert!(open_err(&b).contains("block size"));
     }
 
     #[test]
     fn unknown_and_unsupported_tensor_types() {
-        let b = Builder::header(0, 1)
-            .tensor("mystery", &[4], 77, 0)
-            .pad(32)
-            .bytes(&[0; 64])
-            .buf;
+        let b = Builder::header(0, 1).tensor("mystery", &[4], 77, 0).pad(32).bytes(&[0; 64]).buf;
         let e = open_err(&b);
-        assert!(
-            e.contains("'mystery'") && e.contains("unknown ggml type id 77"),
-            "{e}"
-        );
+        assert!(e.contains("'mystery'") && e.contains("unknown ggml type id 77"), "{e}");
         // Q4_0 has a known size but is not dequantized here.
-        let b = Builder::header(0, 1)
-            .tensor("q", &[32], 2, 0)
-            .pad(32)
-            .bytes(&[0; 32])
-            .buf;
+        let b = Builder::header(0, 1).tensor("q", &[32], 2, 0).pad(32).bytes(&[0; 32]).buf;
         let g = open_bytes(&b).unwrap();
         let e = g.tensor_f32("q").unwrap_err().to_string();
-        assert!(
-            e.contains("'q'") && e.contains("Q4_0") && e.contains("id 2"),
-            "{e}"
-        );
-        assert!(g
-            .tensor_f32("nope")
-            .unwrap_err()
-            .to_string()
-            .contains("no tensor named"));
+        assert!(e.contains("'q'") && e.contains("Q4_0") && e.contains("id 2"), "{e}");
+        assert!(g.tensor_f32("nope").unwrap_err().to_string().contains("no tensor named"));
     }
 
     #[test]
@@ -1400,21 +1149,11 @@ mod tests {
             .buf;
         let g = open_bytes(&b).unwrap();
         let a = g.metadata("a").unwrap().as_array().unwrap();
-        assert_eq!(
-            a,
-            &[
-                GgufValue::String("x".into()),
-                GgufValue::String("yz".into())
-            ]
-        );
+        assert_eq!(a, &[GgufValue::String("x".into()), GgufValue::String("yz".into())]);
         assert_eq!(g.metadata("f").unwrap().as_f64(), Some(1e-5));
         assert_eq!(g.metadata("b").unwrap().as_bool(), Some(true));
         assert_eq!(g.metadata("i"), Some(&GgufValue::I64(-3)));
-        assert!(g
-            .hf_config()
-            .unwrap_err()
-            .to_string()
-            .contains("general.architecture"));
+        assert!(g.hf_config().unwrap_err().to_string().contains("general.architecture"));
     }
 
     fn deq(bytes: &[u8], id: u32, n: usize) -> Vec<f32> {
@@ -1427,16 +1166,10 @@ mod tests {
         let b: Vec<u8> = vals.iter().flat_map(|v| v.to_le_bytes()).collect();
         assert_eq!(deq(&b, 0, 4), vals);
         // f16 bit patterns: 1.0 = 0x3c00, -2.0 = 0xc000, 0.5 = 0x3800, 65504 = 0x7bff.
-        let b: Vec<u8> = [0x3c00u16, 0xc000, 0x3800, 0x7bff]
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect();
+        let b: Vec<u8> = [0x3c00u16, 0xc000, 0x3800, 0x7bff].iter().flat_map(|v| v.to_le_bytes()).collect();
         assert_eq!(deq(&b, 1, 4), [1.0, -2.0, 0.5, 65504.0]);
         // bf16 is the top half of an f32: 1.0 = 0x3f80, -3.0 = 0xc040, 0.15625 = 0x3e20.
-        let b: Vec<u8> = [0x3f80u16, 0xc040, 0x3e20]
-            .iter()
-            .flat_map(|v| v.to_le_bytes())
-            .collect();
+        let b: Vec<u8> = [0x3f80u16, 0xc040, 0x3e20].iter().flat_map(|v| v.to_le_bytes()).collect();
         assert_eq!(deq(&b, 30, 3), [1.0, -3.0, 0.15625]);
     }
 
@@ -1534,39 +1267,15 @@ mod tests {
             ("token_embd.weight", "model.embed_tokens.weight"),
             ("output_norm.weight", "model.norm.weight"),
             ("output.weight", "lm_head.weight"),
-            (
-                "blk.0.attn_norm.weight",
-                "model.layers.0.input_layernorm.weight",
-            ),
-            (
-                "blk.12.attn_q.weight",
-                "model.layers.12.self_attn.q_proj.weight",
-            ),
-            (
-                "blk.3.attn_k.weight",
-                "model.layers.3.self_attn.k_proj.weight",
-            ),
-            (
-                "blk.3.attn_v.weight",
-                "model.layers.3.self_attn.v_proj.weight",
-            ),
-            (
-                "blk.3.attn_output.weight",
-                "model.layers.3.self_attn.o_proj.weight",
-            ),
-            (
-                "blk.29.ffn_norm.weight",
-                "model.layers.29.post_attention_layernorm.weight",
-            ),
-            (
-                "blk.1.ffn_gate.weight",
-                "model.layers.1.mlp.gate_proj.weight",
-            ),
+            ("blk.0.attn_norm.weight", "model.layers.0.input_layernorm.weight"),
+            ("blk.12.attn_q.weight", "model.layers.12.self_attn.q_proj.weight"),
+            ("blk.3.attn_k.weight", "model.layers.3.self_attn.k_proj.weight"),
+            ("blk.3.attn_v.weight", "model.layers.3.self_attn.v_proj.weight"),
+            ("blk.3.attn_output.weight", "model.layers.3.self_attn.o_proj.weight"),
+            ("blk.29.ffn_norm.weight", "model.layers.29.post_attention_layernorm.weight"),
+            ("blk.1.ffn_gate.weight", "model.layers.1.mlp.gate_proj.weight"),
             ("blk.1.ffn_up.weight", "model.layers.1.mlp.up_proj.weight"),
-            (
-                "blk.1.ffn_down.weight",
-                "model.layers.1.mlp.down_proj.weight",
-            ),
+            ("blk.1.ffn_down.weight", "model.layers.1.mlp.down_proj.weight"),
         ] {
             assert_eq!(gguf_to_hf_name(g).as_deref(), Some(h));
             assert_eq!(hf_to_gguf_name(h).as_deref(), Some(g));
@@ -1578,25 +1287,13 @@ mod tests {
     #[test]
     fn tiny_llama_hf_view() {
         let kv: &[(&str, u32, Vec<u8>)] = &[
-            (
-                "general.architecture",
-                8,
-                [&5u64.to_le_bytes()[..], b"llama"].concat(),
-            ),
+            ("general.architecture", 8, [&5u64.to_le_bytes()[..], b"llama"].concat()),
             ("llama.block_count", 4, 1u32.to_le_bytes().to_vec()),
             ("llama.embedding_length", 4, 8u32.to_le_bytes().to_vec()),
             ("llama.feed_forward_length", 4, 16u32.to_le_bytes().to_vec()),
             ("llama.attention.head_count", 4, 2u32.to_le_bytes().to_vec()),
-            (
-                "llama.attention.head_count_kv",
-                4,
-                1u32.to_le_bytes().to_vec(),
-            ),
-            (
-                "llama.attention.layer_norm_rms_epsilon",
-                6,
-                1e-5f32.to_le_bytes().to_vec(),
-            ),
+            ("llama.attention.head_count_kv", 4, 1u32.to_le_bytes().to_vec()),
+            ("llama.attention.layer_norm_rms_epsilon", 6, 1e-5f32.to_le_bytes().to_vec()),
             ("llama.rope.freq_base", 6, 100000f32.to_le_bytes().to_vec()),
             ("llama.vocab_size", 4, 10u32.to_le_bytes().to_vec()),
         ];
@@ -1604,10 +1301,7 @@ mod tests {
         for (k, t, v) in kv {
             b = b.str(k).u32(*t).bytes(v);
         }
-        b = b
-            .tensor("blk.0.attn_q.weight", &[8, 8], 0, 0)
-            .tensor("blk.0.attn_k.weight", &[8, 4], 0, 256)
-            .pad(32);
+        b = b.tensor("blk.0.attn_q.weight", &[8, 8], 0, 0).tensor("blk.0.attn_k.weight", &[8, 4], 0, 256).pad(32);
         // Row r of Q is filled with r; row r of K with 100 + r.
         for r in 0..8 {
             for _ in 0..8 {
@@ -1629,31 +1323,15 @@ mod tests {
         assert_eq!(cfg["rope_theta"], 100000.0);
         assert_eq!(cfg["tie_word_embeddings"], true);
         let names = g.hf_tensor_names();
-        assert_eq!(
-            names[0],
-            (
-                "model.layers.0.self_attn.q_proj.weight".to_string(),
-                vec![8, 8]
-            )
-        );
-        assert_eq!(
-            names[1],
-            (
-                "model.layers.0.self_attn.k_proj.weight".to_string(),
-                vec![4, 8]
-            )
-        );
+        assert_eq!(names[0], ("model.layers.0.self_attn.q_proj.weight".to_string(), vec![8, 8]));
+        assert_eq!(names[1], ("model.layers.0.self_attn.k_proj.weight".to_string(), vec![4, 8]));
         let rows = |w: &[f32]| w.chunks(8).map(|r| r[0]).collect::<Vec<_>>();
         // Q: per head (hd 4) rows [0,1,2,3] -> [0,2,1,3].
-        let (s, q) = g
-            .hf_tensor_f32("model.layers.0.self_attn.q_proj.weight")
-            .unwrap();
+        let (s, q) = g.hf_tensor_f32("model.layers.0.self_attn.q_proj.weight").unwrap();
         assert_eq!(s, vec![8, 8]);
         assert_eq!(rows(&q), vec![0., 2., 1., 3., 4., 6., 5., 7.]);
         // K: one kv head.
-        let (s, k) = g
-            .hf_tensor_f32("model.layers.0.self_attn.k_proj.weight")
-            .unwrap();
+        let (s, k) = g.hf_tensor_f32("model.layers.0.self_attn.k_proj.weight").unwrap();
         assert_eq!(s, vec![4, 8]);
         assert_eq!(rows(&k), vec![100., 102., 101., 103.]);
         // The raw GGUF view is not un-permuted.

@@ -219,9 +219,8 @@ pub fn run_prune(job: &PruneJob) -> Result<PruneSummary> {
     let dtype = job.dtype.unwrap_or_else(|| model.dtype());
     let mut writer = ModelWriter::create(&job.out, &model, job.force, dtype, job.compact)?;
     let pb = job.progress.then(|| progress_bar(model.cfg.layers, &format!("pruning ({})", job.prune.method.name())));
-    let run = prune_and_eval(&model, &windows, &job.prune, be.as_mut(), &evals, pb.as_ref(), &mut |l, lw| {
-        writer.write_layer(&model, l, lw)
-    })?;
+    let run =
+        prune_and_eval(&model, &windows, &job.prune, be.as_mut(), &evals, pb.as_ref(), &mut |l, lw| writer.write_layer(&model, l, lw))?;
     if let Some(pb) = &pb {
         pb.finish_and_clear();
     }

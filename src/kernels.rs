@@ -26,18 +26,10 @@ mod tests {
             assert!(!names.is_empty(), "cuda/{stem}.cu has no kernels");
             assert!(ptx.contains(&format!(".target sm_{}", &PTX_ARCH["compute_".len()..])));
             for name in names {
-                assert!(
-                    name.starts_with("fasp_"),
-                    "{stem}: {name} lacks the fasp_ prefix"
-                );
+                assert!(name.starts_with("fasp_"), "{stem}: {name} lacks the fasp_ prefix");
                 let documented = doc.contains(&format!("`{name}`"))
-                    || name
-                        .strip_suffix("_bf16")
-                        .is_some_and(|base| doc.contains(&format!("`{base}_f32` / `_bf16`")));
-                assert!(
-                    documented,
-                    "{name} (cuda/{stem}.cu) is missing from cuda/KERNELS.md"
-                );
+                    || name.strip_suffix("_bf16").is_some_and(|base| doc.contains(&format!("`{base}_f32` / `_bf16`")));
+                assert!(documented, "{name} (cuda/{stem}.cu) is missing from cuda/KERNELS.md");
             }
         }
     }

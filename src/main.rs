@@ -384,7 +384,14 @@ fn prune(a: PruneArgs) -> Result<()> {
         return Ok(());
     }
     let ph = &s.report.phases;
-    println!("pruned {} -> {} ({}, sparsity {}, backend {})", job.model.display(), job.out.display(), job.prune.method.name(), job.prune.sparsity, s.report.backend);
+    println!(
+        "pruned {} -> {} ({}, sparsity {}, backend {})",
+        job.model.display(),
+        job.out.display(),
+        job.prune.method.name(),
+        job.prune.sparsity,
+        s.report.backend
+    );
     println!(
         "parameters: original {}, dense-equivalent {}, compact {} ({:.1}% removed)",
         s.params_original,
@@ -529,9 +536,11 @@ fn main() -> ExitCode {
         Cmd::Inspect(a) => inspect(a),
         Cmd::Sweep(a) => sweep(a),
         Cmd::Report(a) => report(a),
-        Cmd::Convert(a) => job::run_convert(&a.gguf, &a.out, a.dtype, a.force).map(|n| {
-            println!("wrote {} ({n} parameters)", a.out.display());
-        }).map_err(Into::into),
+        Cmd::Convert(a) => job::run_convert(&a.gguf, &a.out, a.dtype, a.force)
+            .map(|n| {
+                println!("wrote {} ({n} parameters)", a.out.display());
+            })
+            .map_err(Into::into),
         Cmd::Bench(a) => bench(a),
     };
     match r {

@@ -24,8 +24,7 @@ pub fn exp(x: f32) -> f32 {
     let shifted = xc * LOG2E + ROUND;
     let n = shifted - ROUND; // round(x / ln2), as a float
     let r = (xc - n * LN2_HI) - n * LN2_LO;
-    let p = 1.0
-        + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
+    let p = 1.0 + r * (1.0 + r * (0.5 + r * (1.0 / 6.0 + r * (1.0 / 24.0 + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
     // n sits in the low bits of `shifted` (offset by 0x4B40_0000); 2^n = (n + 127) << 23
     let two_n = f32::from_bits(((shifted.to_bits().wrapping_sub(0x4B40_0000)).wrapping_add(127)) << 23);
     let y = p * two_n;

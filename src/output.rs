@@ -129,7 +129,9 @@ impl ShardWriter {
         let views: Vec<(String, TensorView)> = self
             .pending
             .iter()
-            .map(|(n, s, b)| Ok((n.clone(), TensorView::new(self.dtype.safetensors(), s.clone(), b).map_err(|e| out_err(&path, e.to_string()))?)))
+            .map(|(n, s, b)| {
+                Ok((n.clone(), TensorView::new(self.dtype.safetensors(), s.clone(), b).map_err(|e| out_err(&path, e.to_string()))?))
+            })
             .collect::<Result<_>>()?;
         let meta = Some([("format".to_string(), "pt".to_string())].into_iter().collect());
         safetensors::serialize_to_file(views, meta, &path).map_err(|e| out_err(&path, e.to_string()))?;

@@ -27,9 +27,7 @@ impl SweepMethod {
             "magnitude" => (Method::Magnitude, false),
             "random" => (Method::Random, false),
             other => {
-                return Err(FaspError::Arg(format!(
-                    "unknown method {other:?} (fasp, fasp-no-restore, wanda-sp, flap, magnitude, random)"
-                )))
+                return Err(FaspError::Arg(format!("unknown method {other:?} (fasp, fasp-no-restore, wanda-sp, flap, magnitude, random)")))
             }
         };
         Ok(SweepMethod { label: s.to_string(), method, restore })
@@ -76,11 +74,8 @@ pub fn run(spec: &SweepSpec, mut on_row: impl FnMut(&SweepRow)) -> Result<Vec<Sw
     let model = Model::open(&spec.model)?;
     let tok = model.tokenizer()?;
     let windows = calib::calibration(&spec.calib, tok.as_ref(), spec.nsamples, spec.seqlen, spec.seed, model.cfg.vocab)?;
-    let evals: Vec<EvalSet> = spec
-        .evals
-        .iter()
-        .map(|(n, p)| EvalSet::load(&model, n, p, spec.eval_seqlen, spec.eval_windows))
-        .collect::<Result<_>>()?;
+    let evals: Vec<EvalSet> =
+        spec.evals.iter().map(|(n, p)| EvalSet::load(&model, n, p, spec.eval_seqlen, spec.eval_windows)).collect::<Result<_>>()?;
     let mut rows = Vec::new();
     let dense_params = model.param_count();
     for e in &evals {
@@ -101,7 +96,8 @@ pub fn run(spec: &SweepSpec, mut on_row: impl FnMut(&SweepRow)) -> Result<Vec<Sw
     let non_layer = model.non_layer_param_count();
     for m in &spec.methods {
         for &s in &spec.sparsities {
-            let opts = PruneConfig { sparsity: s, damp: spec.damp, restore: m.restore, skip_attn: false, method: m.method, seed: spec.seed };
+            let opts =
+                PruneConfig { sparsity: s, damp: spec.damp, restore: m.restore, skip_attn: false, method: m.method, seed: spec.seed };
             let mut backend = job::backend(spec.device)?;
             let mut params = non_layer;
             let t0 = std::time::Instant::now();
@@ -132,7 +128,10 @@ pub fn run(spec: &SweepSpec, mut on_row: impl FnMut(&SweepRow)) -> Result<Vec<Sw
 pub fn write_csv(rows: &[SweepRow], path: &Path) -> Result<()> {
     let mut s = String::from("method,sparsity,eval,ppl,windows,seqlen,params,prune_seconds\n");
     for r in rows {
-        s += &format!("{},{},{},{:.6},{},{},{},{:.3}\n", r.method, r.sparsity, r.eval, r.ppl, r.windows, r.seqlen, r.params, r.prune_seconds);
+        s += &format!(
+            "{},{},{},{:.6},{},{},{},{:.3}\n",
+            r.method, r.sparsity, r.eval, r.ppl, r.windows, r.seqlen, r.params, r.prune_seconds
+        );
     }
     // written beside the target and renamed, so a reader never sees half a file
     let mut tmp = path.as_os_str().to_owned();
@@ -153,7 +152,11 @@ pub fn table(rows: &[SweepRow], eval: &str) -> String {
             methods.push(&r.method);
         }
     }
-    let mut out = format!("| method | {} |\n|---|{}\n", sp.iter().map(|s| format!("{:.0}%", s * 100.0)).collect::<Vec<_>>().join(" | "), "---|".repeat(sp.len()));
+    let mut out = format!(
+        "| method | {} |\n|---|{}\n",
+        sp.iter().map(|s| format!("{:.0}%", s * 100.0)).collect::<Vec<_>>().join(" | "),
+        "---|".repeat(sp.len())
+    );
     for m in methods {
         let cells: Vec<String> = sp
             .iter()
@@ -239,7 +242,9 @@ pub fn read_csv(path: &Path) -> Result<Vec<SweepRow>> {
         let num = |k: usize, what: &str| -> Result<f64> {
             f[k].trim().parse::<f64>().ok().filter(|v| v.is_finite()).ok_or_else(|| bad(i + 1, &format!("bad {what} {:?}", f[k])))
         };
-        let int = |k: usize, what: &str| -> Result<usize> { f[k].trim().parse::<usize>().map_err(|_| bad(i + 1, &format!("bad {what} {:?}", f[k]))) };
+        let int = |k: usize, what: &str| -> Result<usize> {
+            f[k].trim().parse::<usize>().map_err(|_| bad(i + 1, &format!("bad {what} {:?}", f[k])))
+        };
         rows.push(SweepRow {
             method: f[0].trim().to_string(),
             sparsity: num(1, "sparsity")?,

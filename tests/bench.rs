@@ -30,7 +30,16 @@ fn assert_clean_failure(o: &Output, expect: &str) {
 #[test]
 fn shapes_follow_the_published_configs() {
     let names = [
-        "opt-125m", "opt-1.3b", "opt-2.7b", "opt-6.7b", "opt-13b", "opt-30b", "opt-66b", "llama-7b", "llama-13b", "llama-30b",
+        "opt-125m",
+        "opt-1.3b",
+        "opt-2.7b",
+        "opt-6.7b",
+        "opt-13b",
+        "opt-30b",
+        "opt-66b",
+        "llama-7b",
+        "llama-13b",
+        "llama-30b",
         "llama-65b",
     ];
     for n in names {

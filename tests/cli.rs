@@ -49,7 +49,8 @@ fn assert_clean_failure(dir: &Path, model: &Path, extra: &[&str], expect: &str) 
     } else {
         assert!(!out.exists(), "{expect}: output directory left behind");
     }
-    let leftovers: Vec<_> = std::fs::read_dir(dir).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().contains(".tmp")).collect();
+    let leftovers: Vec<_> =
+        std::fs::read_dir(dir).unwrap().filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().contains(".tmp")).collect();
     assert!(leftovers.is_empty(), "{expect}: temporary files left behind: {leftovers:?}");
 }
 
@@ -67,9 +68,25 @@ fn round_trip_eval_reproduces_the_reported_perplexity() {
     let model = fixture("llama-gqa");
     let text = fixture("eval.txt");
     let o = run(&[
-        "prune", "--model", model.to_str().unwrap(), "--out", out.to_str().unwrap(),
-        "--calib", fixture("calib.txt").to_str().unwrap(), "--nsamples", "8", "--seqlen", "32",
-        "--sparsity", "0.2", "--eval", text.to_str().unwrap(), "--eval-seqlen", "32", "--eval-dense", "-q",
+        "prune",
+        "--model",
+        model.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--calib",
+        fixture("calib.txt").to_str().unwrap(),
+        "--nsamples",
+        "8",
+        "--seqlen",
+        "32",
+        "--sparsity",
+        "0.2",
+        "--eval",
+        text.to_str().unwrap(),
+        "--eval-seqlen",
+        "32",
+        "--eval-dense",
+        "-q",
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let stdout = String::from_utf8_lossy(&o.stdout);
@@ -195,14 +212,24 @@ fn empty_or_unreadable_calibration() {
     assert_clean_failure(dir.path(), &m, &["--calib", unreadable.to_str().unwrap()], "dir.txt");
     let short = dir.path().join("short.txt");
     std::fs::write(&short, "just a few words").unwrap();
-    assert_clean_failure(dir.path(), &m, &["--calib", short.to_str().unwrap(), "--seqlen", "64", "--nsamples", "2"], "fewer than one window");
+    assert_clean_failure(
+        dir.path(),
+        &m,
+        &["--calib", short.to_str().unwrap(), "--seqlen", "64", "--nsamples", "2"],
+        "fewer than one window",
+    );
 }
 
 #[test]
 fn windows_longer_than_opt_positions() {
     let dir = tempfile::tempdir().unwrap();
     let calib = fixture("calib.txt");
-    assert_clean_failure(dir.path(), &fixture("opt-tiny"), &["--calib", calib.to_str().unwrap(), "--seqlen", "200", "--nsamples", "2"], "exceeds the model's 64 learned positions");
+    assert_clean_failure(
+        dir.path(),
+        &fixture("opt-tiny"),
+        &["--calib", calib.to_str().unwrap(), "--seqlen", "200", "--nsamples", "2"],
+        "exceeds the model's 64 learned positions",
+    );
 }
 
 #[test]
@@ -214,8 +241,15 @@ fn existing_out_without_force() {
     assert_clean_failure(dir.path(), &fixture("opt-tiny"), &[], "already exists (use --force");
     // with --force it is replaced
     let o = run(&[
-        "prune", "--model", fixture("opt-tiny").to_str().unwrap(), "--out", out.to_str().unwrap(),
-        "--calib", fixture("opt-tiny").join("calib_ids.npy").to_str().unwrap(), "--force", "-q",
+        "prune",
+        "--model",
+        fixture("opt-tiny").to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--calib",
+        fixture("opt-tiny").join("calib_ids.npy").to_str().unwrap(),
+        "--force",
+        "-q",
     ]);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(out.join("fasp.json").exists() && !out.join("keep.txt").exists());
@@ -227,8 +261,15 @@ fn never_overwrites_the_input_model() {
     let m = copy_fixture("opt-tiny", dir.path());
     let before = std::fs::read(m.join("model.safetensors")).unwrap();
     let o = run(&[
-        "prune", "--model", m.to_str().unwrap(), "--out", m.to_str().unwrap(), "--force",
-        "--calib", fixture("opt-tiny").join("calib_ids.npy").to_str().unwrap(), "-q",
+        "prune",
+        "--model",
+        m.to_str().unwrap(),
+        "--out",
+        m.to_str().unwrap(),
+        "--force",
+        "--calib",
+        fixture("opt-tiny").join("calib_ids.npy").to_str().unwrap(),
+        "-q",
     ]);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("refusing to write over the input model"));
@@ -253,7 +294,8 @@ fn report_merges_sweeps_and_refuses_mismatched_ones() {
     assert_eq!(std::fs::read_to_string(out_dir.join("sweep.csv")).unwrap().lines().count(), 4);
     assert!(std::fs::read_to_string(out_dir.join("sweep-wiki.svg")).unwrap().contains("flap"));
 
-    let o = run(&["report", "--csv", a.to_str().unwrap(), "--csv", c.to_str().unwrap(), "--out-dir", dir.path().join("x").to_str().unwrap()]);
+    let o =
+        run(&["report", "--csv", a.to_str().unwrap(), "--csv", c.to_str().unwrap(), "--out-dir", dir.path().join("x").to_str().unwrap()]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(!o.status.success() && err.contains("differs between sweeps") && !err.contains("panicked"), "{err}");
     assert!(!dir.path().join("x").join("sweep.csv").exists());

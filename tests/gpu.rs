@@ -12,9 +12,9 @@
 
 mod common;
 use common::*;
+use fasp_engine::backend::cuda::device::{DeviceBuf, DeviceKind};
 use fasp_engine::backend::cuda::{
-    blas, cholesky, compact, cuda_usable, Bf16, forward as fw, layer, restore as grestore, score, stats, topk, CudaBackend, Gpu,
-    Solver,
+    blas, cholesky, compact, cuda_usable, forward as fw, layer, restore as grestore, score, stats, topk, Bf16, CudaBackend, Gpu, Solver,
 };
 use fasp_engine::backend::{cpu::CpuBackend, Backend, PairStats};
 use fasp_engine::forward;
@@ -24,7 +24,6 @@ use fasp_engine::prune::{restore, score as cscore, select};
 use fasp_engine::tensor::{Gram, Mat};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use fasp_engine::backend::cuda::device::{DeviceBuf, DeviceKind};
 use std::sync::Arc;
 
 /// The real GPU, or None (the test then says SKIP: its emulated twin has run the same code).
@@ -189,8 +188,7 @@ fn score_kernels_match_cpu(g: Arc<Gpu>) {
     // GQA unit sums: kv_heads 4, head_dim 8, group 3
     let (kv, hd, grp) = (4usize, 8usize, 3usize);
     let cs = randv(kv * hd * grp, 7, 0.0, 5.0);
-    let units: Vec<Vec<usize>> =
-        (0..kv * hd).map(|c| (0..grp).map(|t| ((c / hd) * grp + t) * hd + c % hd).collect()).collect();
+    let units: Vec<Vec<usize>> = (0..kv * hd).map(|c| (0..grp).map(|t| ((c / hd) * grp + t) * hd + c % hd).collect()).collect();
     let want = cscore::unit_scores(&f64v(&cs), &units);
     let dcs = g.upload(&cs, "colscore").unwrap();
     let mut out = poison(&g, kv * hd);
@@ -207,11 +205,8 @@ fn topk_matches_cpu_with_ties(g: Arc<Gpu>) {
         for k in [1, n / 3, n / 2, n.saturating_sub(1).max(1), n] {
             let want = select::top_k(&f64v(&s), k).unwrap();
             let d = g.upload(&s, "scores").unwrap();
-            let paths: &[topk::TopkPath] = if n <= topk::SELECT_MAX_N {
-                &[topk::TopkPath::Select, topk::TopkPath::MultiBlock]
-            } else {
-                &[topk::TopkPath::MultiBlock]
-            };
+            let paths: &[topk::TopkPath] =
+                if n <= topk::SELECT_MAX_N { &[topk::TopkPath::Select, topk::TopkPath::MultiBlock] } else { &[topk::TopkPath::MultiBlock] };
             for &path in paths {
                 let mut kept = g.upload(&vec![-7i32; k.max(1)], "kept").unwrap();
                 let mut mask = g.upload(&vec![9u8; n], "mask").unwrap();
@@ -232,7 +227,8 @@ fn topk_matches_cpu_with_ties(g: Arc<Gpu>) {
     let mut s = randv(200, 9, 0.0, 1.0);
     s[17] = f32::NAN;
     let d = g.upload(&s, "scores").unwrap();
-    let (mut kept, mut mask, mut status) = (g.zeros::<i32>(10, "k").unwrap(), g.zeros::<u8>(200, "m").unwrap(), g.zeros::<i32>(1, "s").unwrap());
+    let (mut kept, mut mask, mut status) =
+        (g.zeros::<i32>(10, "k").unwrap(), g.zeros::<u8>(200, "m").unwrap(), g.zeros::<i32>(1, "s").unwrap());
     topk::select(&g, &d, 200, 10, &mut kept, &mut mask, &mut status, topk::TopkPath::Select).unwrap();
     assert_eq!(g.download(&status, 1, "status").unwrap()[0], 1);
     assert!(topk::top_k(&g, &s, 10).unwrap_err().contains("non-finite"));
@@ -362,11 +358,8 @@ fn cholesky_factor_and_solves_match_cpu(g: Arc<Gpu>) {
         let scale = g.upload(&vec![2.0f32; batch], "scale").unwrap();
         cholesky::add_diag_scaled(&g, &mut db, shape, 0.125, &scale).unwrap();
         let got = down(&g, &db, batch * n * n);
-        let want: Vec<f64> = host
-            .iter()
-            .enumerate()
-            .map(|(e, &v)| if (e % (n * n)) / n == e % n { v as f64 + 0.5 } else { v as f64 })
-            .collect();
+        let want: Vec<f64> =
+            host.iter().enumerate().map(|(e, &v)| if (e % (n * n)) / n == e % n { v as f64 + 0.5 } else { v as f64 }).collect();
         check("add_diag", &got, &want, F32_EW);
         let rhs = 7;
         for trailing in [cholesky::Trailing::Kernel, cholesky::Trailing::Cublas] {
@@ -377,10 +370,8 @@ fn cholesky_factor_and_solves_match_cpu(g: Arc<Gpu>) {
             let got = down(&g, &a, batch * n * n);
             for (b, mat) in mats.iter().enumerate() {
                 let l = chol_f64(mat, n);
-                let (gl, wl): (Vec<f32>, Vec<f64>) = (0..n)
-                    .flat_map(|i| (0..=i).map(move |j| (i, j)))
-                    .map(|(i, j)| (got[b * n * n + i * n + j], l[i * n + j]))
-                    .unzip();
+                let (gl, wl): (Vec<f32>, Vec<f64>) =
+                    (0..n).flat_map(|i| (0..=i).map(move |j| (i, j))).map(|(i, j)| (got[b * n * n + i * n + j], l[i * n + j])).unzip();
                 check(&format!("L n {n} b {b} {trailing:?}"), &gl, &wl, (1e-4, 1e-3));
             }
             // solves: rows of B are right-hand sides
@@ -560,7 +551,8 @@ fn rand_linear(out: usize, inp: usize, bias: bool, seed: u64) -> Linear {
 fn rand_layer(cfg: &ModelConfig, seed: u64) -> LayerWeights {
     let (d, hd) = (cfg.hidden, cfg.head_dim);
     let bias = cfg.attn_bias;
-    let norm = |s| Norm { w: randv(d, s, 0.8, 1.2), b: (cfg.family == fasp_engine::model::Family::Opt).then(|| randv(d, s + 1, -0.1, 0.1)) };
+    let norm =
+        |s| Norm { w: randv(d, s, 0.8, 1.2), b: (cfg.family == fasp_engine::model::Family::Opt).then(|| randv(d, s + 1, -0.1, 0.1)) };
     LayerWeights {
         attn_norm: norm(seed),
         q: rand_linear(cfg.heads * hd, d, bias, seed + 2),
@@ -782,7 +774,17 @@ fn topk_radix_is_exact_against_cpu(g: Arc<Gpu>) {
         // values that differ only below f32 resolution: f32 rounding would merge them
         ((0..3000).map(|i| 1.0 + (i % 97) as f64 * 1e-12).collect(), "sub-f32 gaps"),
         // signed zeros and negatives (total order: -0.0 < +0.0)
-        ((0..2000).map(|i| match i % 4 { 0 => 0.0, 1 => -0.0, 2 => -(i as f64), _ => i as f64 * 1e-3 }).collect(), "±0"),
+        (
+            (0..2000)
+                .map(|i| match i % 4 {
+                    0 => 0.0,
+                    1 => -0.0,
+                    2 => -(i as f64),
+                    _ => i as f64 * 1e-3,
+                })
+                .collect(),
+            "±0",
+        ),
         // large n, continuous
         ((0..70_000).map(|_| r.random_range(0.0..1.0)).collect(), "large"),
         (vec![3.0], "single"),

@@ -60,7 +60,9 @@ fn magnitude_ignores_calibration_and_random_is_seeded() {
     let (a, _) = run("opt-tiny", Method::Magnitude, dir.path(), "mag", 0);
     // magnitude on layer 0: the units with the largest column L1 norms of the dense weights
     let dense = Model::open(&fixture("opt-tiny")).unwrap().layer(0).unwrap();
-    let l1: Vec<f64> = (0..dense.down.w.cols).map(|j| (0..dense.down.w.rows).map(|i| dense.down.w.data[i * dense.down.w.cols + j].abs() as f64).sum()).collect();
+    let l1: Vec<f64> = (0..dense.down.w.cols)
+        .map(|j| (0..dense.down.w.rows).map(|i| dense.down.w.data[i * dense.down.w.cols + j].abs() as f64).sum())
+        .collect();
     let want = fasp_engine::prune::select::top_k(&l1, kept(&a, 0, "mlp_kept_units").len()).unwrap();
     assert_eq!(kept(&a, 0, "mlp_kept_units"), want.iter().map(|&x| x as u64).collect::<Vec<_>>());
 
@@ -109,7 +111,16 @@ fn sweep_writes_a_table_csv_and_plot() {
 }
 
 fn row(method: &str, sparsity: f64, eval: &str, ppl: f64, windows: usize) -> fasp_engine::sweep::SweepRow {
-    fasp_engine::sweep::SweepRow { method: method.into(), sparsity, eval: eval.into(), ppl, windows, seqlen: 256, params: 1000 - (sparsity * 100.0) as usize, prune_seconds: 1.5 }
+    fasp_engine::sweep::SweepRow {
+        method: method.into(),
+        sparsity,
+        eval: eval.into(),
+        ppl,
+        windows,
+        seqlen: 256,
+        params: 1000 - (sparsity * 100.0) as usize,
+        prune_seconds: 1.5,
+    }
 }
 
 #[test]
@@ -121,12 +132,19 @@ fn sweep_csvs_round_trip_and_merge_only_when_they_agree() {
     sweep::write_csv(&a, &dir.path().join("a.csv")).unwrap();
     let back = sweep::read_csv(&dir.path().join("a.csv")).unwrap();
     assert_eq!(back.len(), 3);
-    assert!(back.iter().zip(&a).all(|(x, y)| x.method == y.method && x.sparsity == y.sparsity && (x.ppl - y.ppl).abs() < 1e-6 && x.params == y.params));
+    assert!(back
+        .iter()
+        .zip(&a)
+        .all(|(x, y)| x.method == y.method && x.sparsity == y.sparsity && (x.ppl - y.ppl).abs() < 1e-6 && x.params == y.params));
     assert!(!dir.path().join("a.csv.tmp").exists(), "the temporary file is renamed into place");
 
     let m = sweep::merge(vec![a.clone(), b.clone()]).unwrap();
     let keys: Vec<(String, f64)> = m.iter().map(|r| (r.method.clone(), r.sparsity)).collect();
-    assert_eq!(keys, vec![("dense".into(), 0.0), ("fasp".into(), 0.1), ("fasp".into(), 0.2), ("flap".into(), 0.1)], "one row per measurement, in method order");
+    assert_eq!(
+        keys,
+        vec![("dense".into(), 0.0), ("fasp".into(), 0.1), ("fasp".into(), 0.2), ("flap".into(), 0.1)],
+        "one row per measurement, in method order"
+    );
 
     // the same measurement with another result: the sweeps did not use the same settings
     let mut c = b.clone();

@@ -58,8 +58,8 @@ fn get_bool(v: &Value, key: &str) -> Option<bool> {
 impl ModelConfig {
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| FaspError::io(path, e))?;
-        let raw: Value = serde_json::from_str(&text)
-            .map_err(|e| FaspError::Config { path: path.into(), msg: format!("not valid JSON: {e}") })?;
+        let raw: Value =
+            serde_json::from_str(&text).map_err(|e| FaspError::Config { path: path.into(), msg: format!("not valid JSON: {e}") })?;
         Self::from_json(raw).map_err(|msg| match msg {
             FaspError::Arg(m) => FaspError::Config { path: path.into(), msg: m },
             other => other,
@@ -70,18 +70,11 @@ impl ModelConfig {
     pub fn from_json(raw: Value) -> Result<Self> {
         let bad = |m: String| FaspError::Arg(m);
         let req = |key: &str| get_usize(&raw, key).ok_or_else(|| bad(format!("missing or non-integer \"{key}\"")));
-        let model_type = raw
-            .get("model_type")
-            .and_then(|v| v.as_str())
-            .ok_or_else(|| bad("missing \"model_type\"".into()))?;
+        let model_type = raw.get("model_type").and_then(|v| v.as_str()).ok_or_else(|| bad("missing \"model_type\"".into()))?;
         let family = match model_type {
             "opt" => Family::Opt,
             "llama" => Family::Llama,
-            other => {
-                return Err(FaspError::Unsupported(format!(
-                    "model_type \"{other}\" is not supported (supported: opt, llama)"
-                )))
-            }
+            other => return Err(FaspError::Unsupported(format!("model_type \"{other}\" is not supported (supported: opt, llama)"))),
         };
         let hidden = req("hidden_size")?;
         let layers = req("num_hidden_layers")?;
@@ -92,7 +85,8 @@ impl ModelConfig {
             Family::Opt => {
                 if get_bool(&raw, "do_layer_norm_before") == Some(false) {
                     return Err(FaspError::Unsupported(
-                        "post-LN OPT (do_layer_norm_before = false, e.g. OPT-350m) is not supported; FASP-SPEC §1 covers pre-LN OPT only".into(),
+                        "post-LN OPT (do_layer_norm_before = false, e.g. OPT-350m) is not supported; FASP-SPEC §1 covers pre-LN OPT only"
+                            .into(),
                     ));
                 }
                 if let Some(p) = get_usize(&raw, "word_embed_proj_dim") {
@@ -145,14 +139,10 @@ impl ModelConfig {
                 }
                 let kv_heads = get_usize(&raw, "num_key_value_heads").unwrap_or(heads);
                 if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
-                    return Err(bad(format!(
-                        "num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}"
-                    )));
+                    return Err(bad(format!("num_attention_heads {heads} is not a multiple of num_key_value_heads {kv_heads}")));
                 }
                 let head_dim = match raw.get("head_dim") {
-                    Some(v) if !v.is_null() => {
-                        v.as_u64().ok_or_else(|| bad("\"head_dim\" is not an integer".into()))? as usize
-                    }
+                    Some(v) if !v.is_null() => v.as_u64().ok_or_else(|| bad("\"head_dim\" is not an integer".into()))? as usize,
                     _ => {
                         if hidden % heads != 0 {
                             return Err(bad(format!("hidden_size {hidden} is not a multiple of num_attention_heads {heads}")));
@@ -197,8 +187,8 @@ impl ModelConfig {
         let compact_v_units = match raw.get("fasp_compact_v_units") {
             None | Some(Value::Null) => None,
             Some(v) => {
-                let units: Vec<Vec<usize>> = serde_json::from_value(v.clone())
-                    .map_err(|e| bad(format!("\"fasp_compact_v_units\": {e}")))?;
+                let units: Vec<Vec<usize>> =
+                    serde_json::from_value(v.clone()).map_err(|e| bad(format!("\"fasp_compact_v_units\": {e}")))?;
                 if units.len() != cfg.layers {
                     return Err(bad(format!("\"fasp_compact_v_units\" has {} layers, expected {}", units.len(), cfg.layers)));
                 }

@@ -96,12 +96,12 @@ impl Model {
     }
 
     pub fn from_parts(path: PathBuf, cfg: ModelConfig, src: Box<dyn TensorSource>) -> Result<Model> {
-        let prefix = Names::candidates(cfg.family)
-            .iter()
-            .find(|p| src.shape(&Names::new(cfg.family, p).embed()).is_some())
-            .ok_or_else(|| FaspError::Tensor {
-                name: Names::new(cfg.family, Names::candidates(cfg.family)[0]).embed(),
-                msg: format!("missing from {}", src.describe()),
+        let prefix =
+            Names::candidates(cfg.family).iter().find(|p| src.shape(&Names::new(cfg.family, p).embed()).is_some()).ok_or_else(|| {
+                FaspError::Tensor {
+                    name: Names::new(cfg.family, Names::candidates(cfg.family)[0]).embed(),
+                    msg: format!("missing from {}", src.describe()),
+                }
             })?;
         let model = Model { path, names: Names::new(cfg.family, prefix), cfg, src };
         model.validate()?;
@@ -111,10 +111,9 @@ impl Model {
     fn expect(&self, name: &str, shape: &[usize]) -> Result<()> {
         match self.src.shape(name) {
             None => Err(FaspError::Tensor { name: name.into(), msg: format!("missing from {}", self.src.describe()) }),
-            Some(s) if s != shape => Err(FaspError::Tensor {
-                name: name.into(),
-                msg: format!("shape {s:?} contradicts the config (expected {shape:?})"),
-            }),
+            Some(s) if s != shape => {
+                Err(FaspError::Tensor { name: name.into(), msg: format!("shape {s:?} contradicts the config (expected {shape:?})") })
+            }
             Some(_) => Ok(()),
         }
     }
@@ -193,10 +192,7 @@ impl Model {
         self.names.positions().map(|p| self.load_mat(&p)).transpose()
     }
     pub fn final_norm(&self) -> Result<Norm> {
-        Ok(Norm {
-            w: self.load(&self.names.final_norm_w())?,
-            b: self.names.final_norm_b().map(|b| self.load(&b)).transpose()?,
-        })
+        Ok(Norm { w: self.load(&self.names.final_norm_w())?, b: self.names.final_norm_b().map(|b| self.load(&b)).transpose()? })
     }
     /// The LM head `[vocab, hidden]` (the embedding when tied).
     pub fn lm_head(&self) -> Result<Mat> {

@@ -146,10 +146,10 @@ impl TensorSource for SyntheticSource {
         self.specs.get(name).map(|_| DType::F16)
     }
     fn load_f32(&self, name: &str) -> Result<Vec<f32>> {
-        let spec = self.specs.get(name).ok_or_else(|| FaspError::Tensor {
-            name: name.into(),
-            msg: format!("missing from {}", self.describe()),
-        })?;
+        let spec = self
+            .specs
+            .get(name)
+            .ok_or_else(|| FaspError::Tensor { name: name.into(), msg: format!("missing from {}", self.describe()) })?;
         let n: usize = spec.shape.iter().product();
         let mut out = vec![0.0f32; n];
         // a window of the pool starting at `offset`, wrapping once (n <= pool length)

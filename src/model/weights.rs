@@ -92,10 +92,8 @@ fn open_shard(path: &Path) -> Result<Shard> {
     // SAFETY: the file is opened read-only and is not expected to change while we read it; all
     // offsets are validated by `SafeTensors::read_metadata` against the mapped length.
     let mmap = unsafe { Mmap::map(&file) }.map_err(|e| FaspError::io(path, e))?;
-    let (header_len, meta) = SafeTensors::read_metadata(&mmap).map_err(|e| FaspError::Weights {
-        path: path.into(),
-        msg: format!("not a valid safetensors file (truncated or corrupt?): {e}"),
-    })?;
+    let (header_len, meta) = SafeTensors::read_metadata(&mmap)
+        .map_err(|e| FaspError::Weights { path: path.into(), msg: format!("not a valid safetensors file (truncated or corrupt?): {e}") })?;
     Ok(Shard { path: path.into(), mmap, header_len, meta })
 }
 
@@ -108,14 +106,12 @@ impl SafetensorsSource {
             vec![single]
         } else if index_path.exists() {
             let text = std::fs::read_to_string(&index_path).map_err(|e| FaspError::io(&index_path, e))?;
-            let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| FaspError::Weights {
-                path: index_path.clone(),
-                msg: format!("invalid JSON: {e}"),
-            })?;
-            let map = v.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| FaspError::Weights {
-                path: index_path.clone(),
-                msg: "missing \"weight_map\"".into(),
-            })?;
+            let v: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| FaspError::Weights { path: index_path.clone(), msg: format!("invalid JSON: {e}") })?;
+            let map = v
+                .get("weight_map")
+                .and_then(|m| m.as_object())
+                .ok_or_else(|| FaspError::Weights { path: index_path.clone(), msg: "missing \"weight_map\"".into() })?;
             let mut names: Vec<String> = map.values().filter_map(|f| f.as_str().map(String::from)).collect();
             names.sort();
             names.dedup();
@@ -126,10 +122,7 @@ impl SafetensorsSource {
             }
             names.into_iter().map(|n| dir.join(n)).collect()
         } else {
-            return Err(FaspError::Weights {
-                path: dir.into(),
-                msg: "no model.safetensors or model.safetensors.index.json".into(),
-            });
+            return Err(FaspError::Weights { path: dir.into(), msg: "no model.safetensors or model.safetensors.index.json".into() });
         };
         let mut shards = Vec::new();
         let mut index = HashMap::new();
@@ -151,9 +144,7 @@ fn convert(dtype: Dtype, bytes: &[u8], name: &str) -> Result<Vec<f32>> {
         Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
         Dtype::F16 => bytes.chunks_exact(2).map(|b| f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
         Dtype::BF16 => bytes.chunks_exact(2).map(|b| bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        other => {
-            return Err(FaspError::Tensor { name: name.into(), msg: format!("dtype {other:?} is not supported (f32, f16, bf16)") })
-        }
+        other => return Err(FaspError::Tensor { name: name.into(), msg: format!("dtype {other:?} is not supported (f32, f16, bf16)") }),
     })
 }
 
@@ -181,17 +172,18 @@ impl TensorSource for SafetensorsSource {
         s.meta.info(name).and_then(|i| dtype_of(i.dtype))
     }
     fn load_f32(&self, name: &str) -> Result<Vec<f32>> {
-        let shard = self.index.get(name).map(|&i| &self.shards[i]).ok_or_else(|| FaspError::Tensor {
-            name: name.into(),
-            msg: "missing from the checkpoint".into(),
-        })?;
+        let shard = self
+            .index
+            .get(name)
+            .map(|&i| &self.shards[i])
+            .ok_or_else(|| FaspError::Tensor { name: name.into(), msg: "missing from the checkpoint".into() })?;
         let info = shard.meta.info(name).expect("indexed tensor has info");
         let start = 8 + shard.header_len + info.data_offsets.0;
         let end = 8 + shard.header_len + info.data_offsets.1;
-        let bytes = shard.mmap.get(start..end).ok_or_else(|| FaspError::Weights {
-            path: shard.path.clone(),
-            msg: format!("tensor {name} lies past the end of the file"),
-        })?;
+        let bytes = shard
+            .mmap
+            .get(start..end)
+            .ok_or_else(|| FaspError::Weights { path: shard.path.clone(), msg: format!("tensor {name} lies past the end of the file") })?;
         convert(info.dtype, bytes, name)
     }
     fn describe(&self) -> String {

@@ -157,9 +157,7 @@ fn prune_pair(
     };
     let bias_delta = (opts.method.bias_compensation() && !pruned.is_empty()).then(|| {
         let t = stats.tokens.max(1) as f64;
-        (0..w2.rows)
-            .map(|i| pruned.iter().map(|&j| w2.data[i * w2.cols + j] as f64 * stats.col_sum[j] / t).sum::<f64>() as f32)
-            .collect()
+        (0..w2.rows).map(|i| pruned.iter().map(|&j| w2.data[i * w2.cols + j] as f64 * stats.col_sum[j] / t).sum::<f64>() as f32).collect()
     });
     times.restore += t0.elapsed().as_secs_f64();
 
@@ -261,12 +259,8 @@ pub fn prune(
         let attn_sparsity = if opts.skip_attn { 0.0 } else { opts.sparsity };
         let attn = prune_pair(&*backend, l, PairKind::Attn, &lw.o.w, &h_attn, &attn_u, attn_sparsity, opts, &mut times)?;
         drop(h_attn);
-        let mut pl = LayerWeights {
-            v: gather_linear_rows(&lw.v, &attn.rows),
-            o: updated_w2(&lw.o, &attn),
-            v_units: attn.rows.clone(),
-            ..lw
-        };
+        let mut pl =
+            LayerWeights { v: gather_linear_rows(&lw.v, &attn.rows), o: updated_w2(&lw.o, &attn), v_units: attn.rows.clone(), ..lw };
 
         // the next layer: loaded now so the backend can upload it while the MLP half runs
         if backend.wants_prefetch() && l + 1 < cfg.layers {

@@ -125,10 +125,7 @@ pub fn restore(w2: &Mat, h: &Gram, s: &[usize], p: &[usize], damp: f64) -> Resul
         }
         damp_used *= 10.0;
     }
-    Err(format!(
-        "Cholesky of H[S,S] + λI failed after {MAX_RETRIES} damping escalations (last damp {})",
-        damp_used / 10.0
-    ))
+    Err(format!("Cholesky of H[S,S] + λI failed after {MAX_RETRIES} damping escalations (last damp {})", damp_used / 10.0))
 }
 
 /// Reconstruction error `‖W2 X − W2' X_S‖_F`, computed from `H = X Xᵀ` as
@@ -192,7 +189,10 @@ mod tests {
         assert!((r.err2.sqrt() - e_fit).abs() <= 1e-6 * e_fit, "{} vs {e_fit}", r.err2.sqrt());
         assert!((r.err2_no_restore.sqrt() - e_plain).abs() <= 1e-9 * e_plain);
         // the form used for device restorations gives the same numbers from B and W2'
-        let b: Vec<f32> = (0..out).flat_map(|i| s.iter().map(move |&j| (i, j))).map(|(i, j)| p.iter().map(|&q| w2.data[i * n + q] as f64 * h.get(q, j)).sum::<f64>() as f32).collect();
+        let b: Vec<f32> = (0..out)
+            .flat_map(|i| s.iter().map(move |&j| (i, j)))
+            .map(|(i, j)| p.iter().map(|&q| w2.data[i * n + q] as f64 * h.get(q, j)).sum::<f64>() as f32)
+            .collect();
         let (e2, e0) = restored_err2(&w2, &h, &s, &p, &b, &r.w2, r.lambda.unwrap());
         assert!((e2.sqrt() - e_fit).abs() <= 1e-3 * e_fit && (e0 - r.err2_no_restore).abs() <= 1e-12 * e0, "{e2} {e0}");
         let r2 = restore(&w2, &h, &s, &p, 0.3).unwrap();

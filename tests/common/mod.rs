@@ -10,9 +10,7 @@ pub const MODELS: &[&str] = &["opt-tiny", "llama-mha", "llama-gqa"];
 /// `tests/fixtures/NAME` of this checkout, or of `$FASP_REPO_ROOT` when set (test binaries run
 /// away from the tree they were built in, e.g. by scripts/gpu-check.sh).
 pub fn fixture(name: &str) -> PathBuf {
-    let root = std::env::var_os("FASP_REPO_ROOT")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf());
+    let root = std::env::var_os("FASP_REPO_ROOT").map(PathBuf::from).unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).to_path_buf());
     root.join("tests/fixtures").join(name)
 }
 

@@ -10,9 +10,9 @@
 //! (T(T+1)/2,1,batch)×256 with T = ceil((n−k−32)/64); solves (ceil(nrhs/32),1,batch)×256.
 
 use super::context::{c_int, cfg, launch, need, DeviceBuf, Gpu};
+use super::context::{DevicePtr, DevicePtrMut};
 use super::device::{Potrf as Potrf_, Potrs};
 use crate::error::{FaspError, Result};
-use super::context::{DevicePtr, DevicePtrMut};
 
 const NB: usize = 32;
 
@@ -98,7 +98,13 @@ pub fn diag_mean(gpu: &Gpu, a: &impl DevicePtr<f32>, shape: Batch, mean: &mut im
 
 /// The blocked factorisation of every matrix of the batch (in place, lower triangle), with
 /// `info[batch]` zeroed first and set on failure. Asynchronous: read `info` after a sync.
-pub fn factor(gpu: &Gpu, a: &mut impl DevicePtrMut<f32>, shape: Batch, info: &mut impl DevicePtrMut<i32>, trailing: Trailing) -> Result<()> {
+pub fn factor(
+    gpu: &Gpu,
+    a: &mut impl DevicePtrMut<f32>,
+    shape: Batch,
+    info: &mut impl DevicePtrMut<i32>,
+    trailing: Trailing,
+) -> Result<()> {
     shape.check(a, "Cholesky")?;
     need(info, shape.batch, "Cholesky info")?;
     if shape.elems() == 0 {
@@ -123,12 +129,24 @@ pub fn factor(gpu: &Gpu, a: &mut impl DevicePtrMut<f32>, shape: Batch, info: &mu
             launch!(gpu, "cholesky", "fasp_cholesky_diag_block", cfg((1, 1, z), (32, 32, 1)), [pa, n, lda, stride, ck, pi])?;
             if k + NB < shape.n {
                 let m = shape.n - k - NB;
-                launch!(gpu, "cholesky", "fasp_cholesky_panel_trsm", cfg((m.div_ceil(NB) as u32, 1, z), (32, 32, 1)), [pa, n, lda, stride, ck, pi])?;
+                launch!(
+                    gpu,
+                    "cholesky",
+                    "fasp_cholesky_panel_trsm",
+                    cfg((m.div_ceil(NB) as u32, 1, z), (32, 32, 1)),
+                    [pa, n, lda, stride, ck, pi]
+                )?;
                 if trailing == Trailing::Kernel {
                     let t = m.div_ceil(64);
                     let blocks = u32::try_from(t * (t + 1) / 2)
                         .map_err(|_| FaspError::Cuda(format!("Cholesky n = {} too large for the trailing kernel", shape.n)))?;
-                    launch!(gpu, "cholesky", "fasp_cholesky_trailing_syrk", cfg((blocks, 1, z), (256, 1, 1)), [pa, n, lda, stride, ck, pi])?;
+                    launch!(
+                        gpu,
+                        "cholesky",
+                        "fasp_cholesky_trailing_syrk",
+                        cfg((blocks, 1, z), (256, 1, 1)),
+                        [pa, n, lda, stride, ck, pi]
+                    )?;
                 }
             }
         }
@@ -168,12 +186,28 @@ fn solve(
 }
 
 /// `fasp_cholesky_solve_lower`: `L x = b` in place for every ROW `b` of `B[nrhs][ldb]`.
-pub fn solve_lower(gpu: &Gpu, l: &impl DevicePtr<f32>, lshape: Batch, b: &mut impl DevicePtrMut<f32>, nrhs: usize, ldb: usize, stride_b: usize) -> Result<()> {
+pub fn solve_lower(
+    gpu: &Gpu,
+    l: &impl DevicePtr<f32>,
+    lshape: Batch,
+    b: &mut impl DevicePtrMut<f32>,
+    nrhs: usize,
+    ldb: usize,
+    stride_b: usize,
+) -> Result<()> {
     solve(gpu, "fasp_cholesky_solve_lower", l, lshape, b, nrhs, ldb, stride_b)
 }
 
 /// `fasp_cholesky_solve_upper`: `Lᵀ x = b` in place for every row of `B`.
-pub fn solve_upper(gpu: &Gpu, l: &impl DevicePtr<f32>, lshape: Batch, b: &mut impl DevicePtrMut<f32>, nrhs: usize, ldb: usize, stride_b: usize) -> Result<()> {
+pub fn solve_upper(
+    gpu: &Gpu,
+    l: &impl DevicePtr<f32>,
+    lshape: Batch,
+    b: &mut impl DevicePtrMut<f32>,
+    nrhs: usize,
+    ldb: usize,
+    stride_b: usize,
+) -> Result<()> {
     solve(gpu, "fasp_cholesky_solve_upper", l, lshape, b, nrhs, ldb, stride_b)
 }
 

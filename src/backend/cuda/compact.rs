@@ -4,9 +4,9 @@
 //! (ceil(W/256), min(Hgt, 65535)) with W the contiguous output width (KERNELS.md). Index arrays
 //! are `i32` device buffers; out-of-range indices make gathers write NaN and scatters skip.
 
-use super::context::{Bf16, c_int, cfg, launch, need, Gpu};
-use crate::error::Result;
+use super::context::{c_int, cfg, launch, need, Bf16, Gpu};
 use super::context::{DeviceBuf, DevicePtr, DevicePtrMut, DeviceRepr, LaunchConfig};
+use crate::error::Result;
 
 /// An element type with f32 and bf16 kernel variants.
 pub trait Elem: DeviceRepr + Copy {

@@ -11,10 +11,8 @@
 //! The `launch!` macro is the one place kernels are launched; wrappers bind every argument to a
 //! local first (the packed argument array points to them), and validate sizes before launching.
 
-pub use super::device::{
-    DevicePtr, DevicePtrMut, DeviceBuf, DeviceRepr, DeviceSlice, DeviceView, DeviceViewMut, LaunchConfig, PinnedBuf,
-};
 use super::device::{emu::EmuDevice, real::CudaDevice, Counters, Device, DeviceKind, EventId, StreamId};
+pub use super::device::{DeviceBuf, DevicePtr, DevicePtrMut, DeviceRepr, DeviceSlice, DeviceView, DeviceViewMut, LaunchConfig, PinnedBuf};
 use crate::error::{FaspError, Result};
 use crate::kernels;
 use cudarc::driver::CudaContext;
@@ -253,12 +251,7 @@ impl Gpu {
         let compute = dev.default_stream();
         let copy = dev.new_stream()?;
         let sm_count = dev.sm_count();
-        Ok(Arc::new(Gpu {
-            stream: Stream { dev: dev.clone(), id: compute },
-            copy: Stream { dev: dev.clone(), id: copy },
-            sm_count,
-            dev,
-        }))
+        Ok(Arc::new(Gpu { stream: Stream { dev: dev.clone(), id: compute }, copy: Stream { dev: dev.clone(), id: copy }, sm_count, dev }))
     }
 
     pub fn kind(&self) -> DeviceKind {

@@ -4,9 +4,9 @@
 //! Each function launches one kernel with the launch shape of cuda/KERNELS.md on the compute
 //! stream, after checking the buffer sizes; nothing here synchronises except `all_finite`.
 
-use super::context::{Bf16, c_int, cfg, grid_1d, launch, need, Gpu};
-use crate::error::Result;
+use super::context::{c_int, cfg, grid_1d, launch, need, Bf16, Gpu};
 use super::context::{DevicePtr, DevicePtrMut, LaunchConfig};
+use crate::error::Result;
 
 const NULL: u64 = 0;
 
@@ -141,7 +141,13 @@ pub fn split_heads(
         c_int(col0, "col0")?,
         c_int(group, "group")?,
     );
-    launch!(gpu, "attention", "fasp_attention_split_heads_f32", cfg((grid_1d(total, 256), 1, 1), (256, 1, 1)), [ps, b, ll, h, hd, lds, c0, g, pd])
+    launch!(
+        gpu,
+        "attention",
+        "fasp_attention_split_heads_f32",
+        cfg((grid_1d(total, 256), 1, 1), (256, 1, 1)),
+        [ps, b, ll, h, hd, lds, c0, g, pd]
+    )
 }
 
 /// `fasp_attention_merge_heads_f32`: `src[batch][heads][L][hd]` → `dst[batch*L][heads*hd]`.
@@ -195,13 +201,7 @@ pub fn silu_mul_into_up(gpu: &Gpu, gate: &impl DevicePtr<f32>, up: &mut impl Dev
 }
 
 /// `fasp_silu_mul_f32`: `out = silu(gate) · up`.
-pub fn silu_mul(
-    gpu: &Gpu,
-    gate: &impl DevicePtr<f32>,
-    up: &impl DevicePtr<f32>,
-    out: &mut impl DevicePtrMut<f32>,
-    n: usize,
-) -> Result<()> {
+pub fn silu_mul(gpu: &Gpu, gate: &impl DevicePtr<f32>, up: &impl DevicePtr<f32>, out: &mut impl DevicePtrMut<f32>, n: usize) -> Result<()> {
     need(gate, n, "silu gate")?;
     need(up, n, "silu up")?;
     need(out, n, "silu out")?;

@@ -7,14 +7,22 @@
 
 use super::blas;
 use super::context::Gpu;
+use super::context::{DeviceBuf, DevicePtr, DevicePtrMut, DeviceSlice};
 use super::forward as fw;
 use super::weights::{DevLinear, DevNorm};
 use crate::error::{FaspError, Result};
 use crate::model::{Family, ModelConfig};
-use super::context::{DeviceBuf, DevicePtr, DevicePtrMut, DeviceSlice};
 
 /// `y = norm(x)`: LayerNorm when the norm has a bias (OPT), RMSNorm otherwise (as the CPU).
-pub fn norm(gpu: &Gpu, n: &DevNorm, x: &impl DevicePtr<f32>, y: &mut impl DevicePtrMut<f32>, rows: usize, d: usize, eps: f32) -> Result<()> {
+pub fn norm(
+    gpu: &Gpu,
+    n: &DevNorm,
+    x: &impl DevicePtr<f32>,
+    y: &mut impl DevicePtrMut<f32>,
+    rows: usize,
+    d: usize,
+    eps: f32,
+) -> Result<()> {
     match &n.b {
         Some(b) => fw::layernorm(gpu, x, Some(&*n.w), Some(&**b), y, rows, d, eps),
         None => fw::rmsnorm(gpu, x, Some(&*n.w), y, rows, d, eps),

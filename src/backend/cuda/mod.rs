@@ -238,9 +238,7 @@ impl Backend for CudaBackend {
         }
         let nctx = cfg.heads * cfg.head_dim;
         if lw.v_units.len() != cfg.v_width() || lw.o.w.cols != nctx {
-            return Err(FaspError::Cuda(
-                "the CUDA backend prunes dense layers only (this layer has pruned value units)".into(),
-            ));
+            return Err(FaspError::Cuda("the CUDA backend prunes dense layers only (this layer has pruned value units)".into()));
         }
         let gpu = self.gpu.clone();
         let w = AttnWeights {

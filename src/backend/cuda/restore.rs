@@ -19,13 +19,13 @@
 
 use super::cholesky::{self, Batch, Potrf, Trailing};
 use super::compact::{gather_cols, gather_submatrix, upload_idx};
+use super::context::DeviceBuf;
 use super::context::Gpu;
 use super::forward as fw;
 use super::{blas, Solver};
 use crate::error::Result;
 use crate::prune::restore::{no_restore, restored_err2, Restored, MAX_RETRIES};
 use crate::tensor::{Gram, Mat};
-use super::context::DeviceBuf;
 
 /// `mean(diag H[S,S])` in f64, and the CPU's early exits (non-finite; all kept channels dead).
 fn mean_diag(h: &Gram, s: &[usize]) -> Result<Option<f64>, String> {

@@ -4,9 +4,9 @@
 //! second grid dimension (`*_partial`, fp64 partial sums) and summed in split order by
 //! `fasp_score_columns_finish`, so the result does not depend on the split.
 
-use super::context::{Bf16, c_int, cfg, grid_1d, launch, need, Gpu};
-use crate::error::Result;
+use super::context::{c_int, cfg, grid_1d, launch, need, Bf16, Gpu};
 use super::context::{DevicePtr, DevicePtrMut};
+use crate::error::Result;
 
 /// How the column pass is launched.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -7,10 +7,10 @@
 
 use super::blas;
 use super::context::{c_int, cfg, grid_1d, launch, need, Gpu};
+use super::context::{DeviceBuf, DevicePtr, DevicePtrMut};
 use crate::backend::PairStats;
 use crate::error::Result;
 use crate::tensor::Gram;
-use super::context::{DeviceBuf, DevicePtr, DevicePtrMut};
 
 /// `fasp_stats_diag_f32`: `diag[i] = H[i][i]`.
 pub fn diag(gpu: &Gpu, h: &impl DevicePtr<f32>, n: usize, ldh: usize, out: &mut impl DevicePtrMut<f32>) -> Result<()> {

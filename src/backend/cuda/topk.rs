@@ -6,8 +6,8 @@
 //! 1 a non-finite score, 2 bad arguments or launch shape.
 
 use super::context::{c_int, cfg, launch, need, Gpu};
-use crate::error::{FaspError, Result};
 use super::context::{DevicePtr, DevicePtrMut};
+use crate::error::{FaspError, Result};
 
 /// The single-block limit of `fasp_topk_select`.
 pub const SELECT_MAX_N: usize = 32768;

@@ -25,8 +25,7 @@
 //! `CUBLAS_DEFAULT_MATH`, no TF32; cuSOLVER `spotrf`/`spotrs`).
 
 use super::{
-    Counters, DResult, Device, DeviceError, DeviceKind, EventId, Gemm, Gemv, KArg, LaunchConfig, Op, Potrf, Potrs,
-    StreamId, Syrk,
+    Counters, DResult, Device, DeviceError, DeviceKind, EventId, Gemm, Gemv, KArg, LaunchConfig, Op, Potrf, Potrs, StreamId, Syrk,
 };
 use faer::reborrow::ReborrowMut;
 use faer::{linalg::matmul::matmul, Accum, MatMut, MatRef, Par};
@@ -241,10 +240,7 @@ impl State {
         }
         let off = (addr - a.base) as usize;
         if off + bytes > a.len {
-            return Err(err(format!(
-                "{what}: out of bounds: {bytes} bytes at offset {off} of the {}-byte buffer for {}",
-                a.len, a.what
-            )));
+            return Err(err(format!("{what}: out of bounds: {bytes} bytes at offset {off} of the {}-byte buffer for {}", a.len, a.what)));
         }
         Ok(i)
     }
@@ -390,10 +386,7 @@ impl Device for EmuDevice {
         let mut st = self.lock();
         let s = st.stream(stream)?;
         if st.bytes_live + bytes > self.memory {
-            return Err(err(format!(
-                "out of device memory: {what} needs {bytes} bytes, {} of {} in use",
-                st.bytes_live, self.memory
-            )));
+            return Err(err(format!("out of device memory: {what} needs {bytes} bytes, {} of {} in use", st.bytes_live, self.memory)));
         }
         let base = st.next;
         st.next += (bytes as u64).div_ceil(256) * 256 + 4096;
@@ -516,15 +509,21 @@ impl Device for EmuDevice {
         }
         for (i, (a, &want)) in args.iter().zip(&k.sizes).enumerate() {
             if a.size != want {
-                return Err(err(format!(
-                    "kernel {name} argument {i}: the kernel takes {want} bytes, the launch passes {}",
-                    a.size
-                )));
+                return Err(err(format!("kernel {name} argument {i}: the kernel takes {want} bytes, the launch passes {}", a.size)));
             }
         }
         let (g, b) = (cfg.grid_dim, cfg.block_dim);
         let threads = b.0 as u64 * b.1 as u64 * b.2 as u64;
-        if threads == 0 || threads > 1024 || b.2 > 64 || g.0 == 0 || g.1 == 0 || g.2 == 0 || g.1 > 65535 || g.2 > 65535 || g.0 > i32::MAX as u32 {
+        if threads == 0
+            || threads > 1024
+            || b.2 > 64
+            || g.0 == 0
+            || g.1 == 0
+            || g.2 == 0
+            || g.1 > 65535
+            || g.2 > 65535
+            || g.0 > i32::MAX as u32
+        {
             return Err(err(format!("kernel {name}: invalid launch configuration grid {g:?} block {b:?}")));
         }
         if cfg.shared_mem_bytes > 48 * 1024 {
@@ -860,9 +859,10 @@ impl Device for EmuDevice {
         if let Some(pin) = st.pinned.get(&(ptr as usize)) {
             if let Some((s, c)) = pin.last_read {
                 if at(&st.host, s) <= c {
-                    RACES.lock().unwrap_or_else(|e| e.into_inner()).push(format!(
-                        "pinned buffer freed while a copy from it on stream {s} may be pending"
-                    ));
+                    RACES
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push(format!("pinned buffer freed while a copy from it on stream {s} may be pending"));
                 }
             }
         }

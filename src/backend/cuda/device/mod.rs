@@ -294,9 +294,10 @@ impl<T: DeviceRepr> std::fmt::Debug for DeviceBuf<T> {
 impl<T: DeviceRepr> DeviceBuf<T> {
     /// Allocates `len` elements (at least one, so every buffer has an address).
     pub fn alloc(dev: &Arc<dyn Device>, len: usize, stream: StreamId, what: &str) -> DResult<DeviceBuf<T>> {
-        let bytes = len.max(1).checked_mul(std::mem::size_of::<T>()).ok_or_else(|| {
-            DeviceError::Unavailable(format!("allocation for {what}: {len} elements overflow the address space"))
-        })?;
+        let bytes = len
+            .max(1)
+            .checked_mul(std::mem::size_of::<T>())
+            .ok_or_else(|| DeviceError::Unavailable(format!("allocation for {what}: {len} elements overflow the address space")))?;
         let ptr = dev.alloc(bytes, stream, what)?;
         Ok(DeviceBuf { dev: dev.clone(), ptr, len, stream, _t: PhantomData })
     }

@@ -4,7 +4,9 @@
 //! (JIT-compiled by the driver on first use of a module); cuBLAS runs in `CUBLAS_DEFAULT_MATH`
 //! (plain fp32, no TF32) with the stream set per call.
 
-use super::{Counters, DResult, Device, DeviceError, DeviceKind, EventId, Gemm, Gemv, KArg, LaunchConfig, Op, Potrf, Potrs, StreamId, Syrk};
+use super::{
+    Counters, DResult, Device, DeviceError, DeviceKind, EventId, Gemm, Gemv, KArg, LaunchConfig, Op, Potrf, Potrs, StreamId, Syrk,
+};
 use crate::kernels;
 use cudarc::cublas::sys::{cublasFillMode_t, cublasOperation_t};
 use cudarc::cublas::CudaBlas;
@@ -301,7 +303,8 @@ impl Device for CudaDevice {
         self.bind()?;
         let (e, s) = (self.event(event)?, self.stream(stream)?);
         // SAFETY: as above.
-        unsafe { result::stream::wait_event(s, e, sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT) }.map_err(|e| drv("waiting on an event", e))
+        unsafe { result::stream::wait_event(s, e, sys::CUevent_wait_flags::CU_EVENT_WAIT_DEFAULT) }
+            .map_err(|e| drv("waiting on an event", e))
     }
 
     fn sync_stream(&self, stream: StreamId) -> DResult<()> {
@@ -335,13 +338,41 @@ impl Device for CudaDevice {
         unsafe {
             if g.batch <= 1 {
                 cudarc::cublas::sys::cublasSgemm_v2(
-                    h, op(g.transa), op(g.transb), g.m, g.n, g.k, &g.alpha, g.a as *const f32, g.lda, g.b as *const f32, g.ldb, &g.beta,
-                    g.c as *mut f32, g.ldc,
+                    h,
+                    op(g.transa),
+                    op(g.transb),
+                    g.m,
+                    g.n,
+                    g.k,
+                    &g.alpha,
+                    g.a as *const f32,
+                    g.lda,
+                    g.b as *const f32,
+                    g.ldb,
+                    &g.beta,
+                    g.c as *mut f32,
+                    g.ldc,
                 )
             } else {
                 cudarc::cublas::sys::cublasSgemmStridedBatched(
-                    h, op(g.transa), op(g.transb), g.m, g.n, g.k, &g.alpha, g.a as *const f32, g.lda, g.stride_a, g.b as *const f32, g.ldb,
-                    g.stride_b, &g.beta, g.c as *mut f32, g.ldc, g.stride_c, g.batch,
+                    h,
+                    op(g.transa),
+                    op(g.transb),
+                    g.m,
+                    g.n,
+                    g.k,
+                    &g.alpha,
+                    g.a as *const f32,
+                    g.lda,
+                    g.stride_a,
+                    g.b as *const f32,
+                    g.ldb,
+                    g.stride_b,
+                    &g.beta,
+                    g.c as *mut f32,
+                    g.ldc,
+                    g.stride_c,
+                    g.batch,
                 )
             }
         }
@@ -356,7 +387,17 @@ impl Device for CudaDevice {
         // SAFETY: the wrapper checked the extents.
         unsafe {
             cudarc::cublas::sys::cublasSsyrk_v2(
-                *self.blas.handle(), UPPER, op(y.trans), y.n, y.k, &y.alpha, y.a as *const f32, y.lda, &y.beta, y.c as *mut f32, y.ldc,
+                *self.blas.handle(),
+                UPPER,
+                op(y.trans),
+                y.n,
+                y.k,
+                &y.alpha,
+                y.a as *const f32,
+                y.lda,
+                &y.beta,
+                y.c as *mut f32,
+                y.ldc,
             )
         }
         .result()
@@ -370,7 +411,18 @@ impl Device for CudaDevice {
         // SAFETY: the wrapper checked the extents.
         unsafe {
             cudarc::cublas::sys::cublasSgemv_v2(
-                *self.blas.handle(), op(Op::N), g.m, g.n, &g.alpha, g.a as *const f32, g.lda, g.x as *const f32, 1, &g.beta, g.y as *mut f32, 1,
+                *self.blas.handle(),
+                op(Op::N),
+                g.m,
+                g.n,
+                &g.alpha,
+                g.a as *const f32,
+                g.lda,
+                g.x as *const f32,
+                1,
+                &g.beta,
+                g.y as *mut f32,
+                1,
             )
         }
         .result()
@@ -382,9 +434,18 @@ impl Device for CudaDevice {
         self.solver(stream)?;
         let mut lwork = 0i32;
         // SAFETY: a valid handle; only the workspace size is written.
-        unsafe { cudarc::cusolver::sys::cusolverDnSpotrf_bufferSize(self.solver_handle(), SOLVER_UPPER, n.max(1), a as *mut f32, n.max(1), &mut lwork) }
-            .result()
-            .map_err(|e| solv("spotrf_bufferSize", e))?;
+        unsafe {
+            cudarc::cusolver::sys::cusolverDnSpotrf_bufferSize(
+                self.solver_handle(),
+                SOLVER_UPPER,
+                n.max(1),
+                a as *mut f32,
+                n.max(1),
+                &mut lwork,
+            )
+        }
+        .result()
+        .map_err(|e| solv("spotrf_bufferSize", e))?;
         Ok(lwork.max(1) as usize)
     }
 
@@ -395,7 +456,14 @@ impl Device for CudaDevice {
         // SAFETY: the wrapper checked the extents; the workspace comes from potrf_buffer_size.
         unsafe {
             cudarc::cusolver::sys::cusolverDnSpotrf(
-                self.solver_handle(), SOLVER_UPPER, p.n, p.a as *mut f32, p.lda, p.work as *mut f32, p.lwork, p.info as *mut i32,
+                self.solver_handle(),
+                SOLVER_UPPER,
+                p.n,
+                p.a as *mut f32,
+                p.lda,
+                p.work as *mut f32,
+                p.lwork,
+                p.info as *mut i32,
             )
         }
         .result()
@@ -409,7 +477,15 @@ impl Device for CudaDevice {
         // SAFETY: the wrapper checked the extents; A holds the factor from potrf.
         unsafe {
             cudarc::cusolver::sys::cusolverDnSpotrs(
-                self.solver_handle(), SOLVER_UPPER, p.n, p.nrhs, p.a as *const f32, p.lda, p.b as *mut f32, p.ldb, p.info as *mut i32,
+                self.solver_handle(),
+                SOLVER_UPPER,
+                p.n,
+                p.nrhs,
+                p.a as *const f32,
+                p.lda,
+                p.b as *mut f32,
+                p.ldb,
+                p.info as *mut i32,
             )
         }
         .result()
