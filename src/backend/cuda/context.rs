@@ -335,8 +335,7 @@ impl Gpu {
     }
 
     pub fn memset_zero<T: DeviceRepr>(&self, d: &mut impl DevicePtrMut<T>) -> Result<()> {
-        let bytes = d.len().max(1) * std::mem::size_of::<T>();
-        let bytes = bytes.min(d.len() * std::mem::size_of::<T>()).max(if d.len() == 0 { 0 } else { 1 });
+        let bytes = d.len() * std::mem::size_of::<T>();
         Ok(self.dev.memset_zero(d.addr_mut(), bytes, self.stream.id)?)
     }
 

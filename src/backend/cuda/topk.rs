@@ -6,7 +6,7 @@
 //! 1 a non-finite score, 2 bad arguments or launch shape.
 
 use super::context::{c_int, cfg, launch, need, Gpu};
-use super::context::{DevicePtr, DevicePtrMut};
+use super::context::{DeviceBuf, DevicePtr, DevicePtrMut, DeviceRepr};
 use crate::error::{FaspError, Result};
 
 /// The single-block limit of `fasp_topk_select`.
@@ -30,6 +30,25 @@ pub fn choose_path(n: usize) -> TopkPath {
     }
 }
 
+/// Checks a selection's sizes (k ≤ n, every buffer large enough); `(n, k)` as C ints.
+fn check_args<T>(
+    score: &impl DevicePtr<T>,
+    n: usize,
+    k: usize,
+    kept_idx: &impl DevicePtrMut<i32>,
+    mask: &impl DevicePtrMut<u8>,
+    status: &impl DevicePtrMut<i32>,
+) -> Result<(i32, i32)> {
+    if k > n {
+        return Err(FaspError::Cuda(format!("top-k: k = {k} > n = {n}")));
+    }
+    need(score, n, "top-k scores")?;
+    need(kept_idx, k.max(1), "top-k kept indices")?;
+    need(mask, n.max(1), "top-k mask")?;
+    need(status, 1, "top-k status")?;
+    Ok((c_int(n, "n")?, c_int(k, "k")?))
+}
+
 /// Launches the selection; `kept_idx[k]`, `mask[n]` and `status[1]` are written on the device.
 #[allow(clippy::too_many_arguments)]
 pub fn select(
@@ -42,14 +61,7 @@ pub fn select(
     status: &mut impl DevicePtrMut<i32>,
     path: TopkPath,
 ) -> Result<()> {
-    if k > n {
-        return Err(FaspError::Cuda(format!("top-k: k = {k} > n = {n}")));
-    }
-    need(score, n, "top-k scores")?;
-    need(kept_idx, k.max(1), "top-k kept indices")?;
-    need(mask, n.max(1), "top-k mask")?;
-    need(status, 1, "top-k status")?;
-    let (cn, ck) = (c_int(n, "n")?, c_int(k, "k")?);
+    let (cn, ck) = check_args(score, n, k, kept_idx, mask, status)?;
     let ps = score.addr();
     let pk = kept_idx.addr_mut();
     let pm = mask.addr_mut();
@@ -68,11 +80,17 @@ pub fn select(
     }
 }
 
-/// Host-facing top-k: uploads `scores`, selects on the device, returns the kept indices in
-/// increasing order. A non-finite score is an error worded like the CPU's (`select::top_k`).
-pub fn top_k(gpu: &Gpu, scores: &[f32], k: usize) -> Result<Vec<usize>, String> {
-    if let Some(j) = scores.iter().position(|s| !s.is_finite()) {
-        return Err(format!("non-finite score {} at unit {j}", scores[j]));
+/// Uploads `scores`, runs `launch` (a selection writing kept indices, mask and status), and returns
+/// the kept indices in increasing order. A non-finite score is an error worded like the CPU's
+/// (`select::top_k`).
+fn host_top_k<T: DeviceRepr + Into<f64>>(
+    gpu: &Gpu,
+    scores: &[T],
+    k: usize,
+    launch: impl FnOnce(&DeviceBuf<T>, &mut DeviceBuf<i32>, &mut DeviceBuf<u8>, &mut DeviceBuf<i32>) -> Result<()>,
+) -> Result<Vec<usize>, String> {
+    if let Some(j) = scores.iter().position(|&s| !s.into().is_finite()) {
+        return Err(format!("non-finite score {} at unit {j}", scores[j].into()));
     }
     let n = scores.len();
     if k == 0 || n == 0 {
@@ -83,7 +101,7 @@ pub fn top_k(gpu: &Gpu, scores: &[f32], k: usize) -> Result<Vec<usize>, String> 
         let mut kept = gpu.alloc::<i32>(k, "top-k kept")?;
         let mut mask = gpu.alloc::<u8>(n, "top-k mask")?;
         let mut status = gpu.alloc::<i32>(1, "top-k status")?;
-        select(gpu, &d_scores, n, k, &mut kept, &mut mask, &mut status, choose_path(n))?;
+        launch(&d_scores, &mut kept, &mut mask, &mut status)?;
         let st = gpu.download(&status, 1, "top-k status")?[0];
         match st {
             0 => {}
@@ -96,34 +114,21 @@ pub fn top_k(gpu: &Gpu, scores: &[f32], k: usize) -> Result<Vec<usize>, String> 
     run().map_err(|e| e.to_string())
 }
 
+/// Host-facing fp32 top-k through the rank kernels (`select`); the kept indices in increasing order.
+pub fn top_k(gpu: &Gpu, scores: &[f32], k: usize) -> Result<Vec<usize>, String> {
+    let n = scores.len();
+    host_top_k(gpu, scores, k, |d, kept, mask, status| select(gpu, d, n, k, kept, mask, status, choose_path(n)))
+}
+
 /// The pipeline's selection: `fasp_topk_radix_f64` on the full-precision scores, exactly the CPU's
 /// order (`f64::total_cmp`, ties to the lower index), so no rounding can change the kept set.
-/// Returns the kept indices in increasing order. A non-finite score is an error worded like the
-/// CPU's (`select::top_k`).
+/// Returns the kept indices in increasing order.
 pub fn top_k_f64(gpu: &Gpu, scores: &[f64], k: usize) -> Result<Vec<usize>, String> {
-    if let Some(j) = scores.iter().position(|s| !s.is_finite()) {
-        return Err(format!("non-finite score {} at unit {j}", scores[j]));
-    }
     let n = scores.len();
-    if k > n {
+    if k > n && scores.iter().all(|s| s.is_finite()) {
         return Err(format!("top-k: k = {k} > n = {n}"));
     }
-    if k == 0 {
-        return Ok(Vec::new());
-    }
-    let run = || -> Result<Vec<usize>> {
-        let d_scores = gpu.upload(scores, "top-k scores")?;
-        let mut kept = gpu.alloc::<i32>(k, "top-k kept")?;
-        let mut mask = gpu.alloc::<u8>(n, "top-k mask")?;
-        let mut status = gpu.alloc::<i32>(1, "top-k status")?;
-        radix_select(gpu, &d_scores, n, k, &mut kept, &mut mask, &mut status)?;
-        let st = gpu.download(&status, 1, "top-k status")?[0];
-        if st != 0 {
-            return Err(FaspError::Cuda(format!("fasp_topk_radix_f64 status {st}")));
-        }
-        Ok(gpu.download(&kept, k, "top-k kept")?.into_iter().map(|i| i as usize).collect())
-    };
-    run().map_err(|e| e.to_string())
+    host_top_k(gpu, scores, k, |d, kept, mask, status| radix_select(gpu, d, n, k, kept, mask, status))
 }
 
 /// Launches `fasp_topk_radix_f64` (one 1024-thread block, any n).
@@ -136,14 +141,7 @@ pub fn radix_select(
     mask: &mut impl DevicePtrMut<u8>,
     status: &mut impl DevicePtrMut<i32>,
 ) -> Result<()> {
-    if k > n {
-        return Err(FaspError::Cuda(format!("top-k: k = {k} > n = {n}")));
-    }
-    need(score, n, "top-k scores")?;
-    need(kept_idx, k.max(1), "top-k kept indices")?;
-    need(mask, n.max(1), "top-k mask")?;
-    need(status, 1, "top-k status")?;
-    let (cn, ck) = (c_int(n, "n")?, c_int(k, "k")?);
+    let (cn, ck) = check_args(score, n, k, kept_idx, mask, status)?;
     let ps = score.addr();
     let pk = kept_idx.addr_mut();
     let pm = mask.addr_mut();

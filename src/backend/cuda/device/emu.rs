@@ -225,6 +225,19 @@ impl EmuDevice {
 }
 
 impl State {
+    /// Resolves the f32 operands of a library call: checks bounds, liveness and ordering, and
+    /// returns host pointers. `ops`: (address, elements, access, name).
+    fn operands<T>(&mut self, s: usize, call: &str, ops: &[(u64, usize, Access, &str)]) -> DResult<Vec<*mut T>> {
+        let mut out = Vec::with_capacity(ops.len());
+        for &(addr, n, mode, name) in ops {
+            let what = format!("{call} operand {name}");
+            let i = self.find(addr, n * std::mem::size_of::<T>(), &what)?;
+            self.access(i, s, mode, &what)?;
+            out.push(self.allocs[i].host(addr) as *mut T);
+        }
+        Ok(out)
+    }
+
     /// The allocation holding `[addr, addr + bytes)`, checked live and in bounds.
     fn find(&self, addr: u64, bytes: usize, what: &str) -> DResult<usize> {
         let Some((_, &i)) = self.by_base.range(..=addr).next_back() else {
@@ -320,21 +333,6 @@ fn batched(e: usize, batch: i32, stride: i64) -> usize {
         0
     } else {
         (batch as usize - 1) * stride as usize + e
-    }
-}
-
-impl EmuDevice {
-    /// Resolves the f32 operands of a library call: checks bounds, liveness and ordering, and
-    /// returns host pointers. `ops`: (address, elements, access, name).
-    fn operands<T>(&self, st: &mut State, s: usize, call: &str, ops: &[(u64, usize, Access, &str)]) -> DResult<Vec<*mut T>> {
-        let mut out = Vec::with_capacity(ops.len());
-        for &(addr, n, mode, name) in ops {
-            let what = format!("{call} operand {name}");
-            let i = st.find(addr, n * std::mem::size_of::<T>(), &what)?;
-            st.access(i, s, mode, &what)?;
-            out.push(st.allocs[i].host(addr) as *mut T);
-        }
-        Ok(out)
     }
 }
 
@@ -654,8 +652,7 @@ impl Device for EmuDevice {
             return Err(err(format!("sgemm: leading dimension too small ({g:?})")));
         }
         let batch = g.batch.max(1);
-        let p: Vec<*mut f32> = self.operands(
-            &mut st,
+        let p: Vec<*mut f32> = st.operands(
             s,
             "sgemm",
             &[
@@ -707,8 +704,7 @@ impl Device for EmuDevice {
         if y.lda < ar.max(1) || y.ldc < y.n.max(1) {
             return Err(err(format!("ssyrk: leading dimension too small ({y:?})")));
         }
-        let p: Vec<*mut f32> = self.operands(
-            &mut st,
+        let p: Vec<*mut f32> = st.operands(
             s,
             "ssyrk",
             &[(y.a, extent(ar, ac, y.lda), Access::Read, "A"), (y.c, extent(y.n, y.n, y.ldc), Access::Write, "C")],
@@ -741,8 +737,7 @@ impl Device for EmuDevice {
         if g.m < 0 || g.n < 0 || g.lda < g.m.max(1) {
             return Err(err(format!("sgemv: bad dimensions ({g:?})")));
         }
-        let p: Vec<*mut f32> = self.operands(
-            &mut st,
+        let p: Vec<*mut f32> = st.operands(
             s,
             "sgemv",
             &[
@@ -785,13 +780,12 @@ impl Device for EmuDevice {
         if f.lda < f.n.max(1) {
             return Err(err("spotrf: lda < n"));
         }
-        let pa: Vec<*mut f32> = self.operands(
-            &mut st,
+        let pa: Vec<*mut f32> = st.operands(
             s,
             "spotrf",
             &[(f.a, extent(f.n, f.n, f.lda), Access::Write, "A"), (f.work, f.lwork.max(0) as usize, Access::Write, "workspace")],
         )?;
-        let pi: Vec<*mut i32> = self.operands(&mut st, s, "spotrf", &[(f.info, 1, Access::Write, "info")])?;
+        let pi: Vec<*mut i32> = st.operands(s, "spotrf", &[(f.info, 1, Access::Write, "info")])?;
         let lda = f.lda as usize;
         // column-major upper (i ≤ j at a[i + j·lda]) = row-major lower: element (r, c), c ≤ r, at a[r·lda + c]
         // SAFETY: checked extent.
@@ -823,13 +817,12 @@ impl Device for EmuDevice {
         if f.lda < f.n.max(1) || f.ldb < f.n.max(1) {
             return Err(err("spotrs: leading dimension < n"));
         }
-        let p: Vec<*mut f32> = self.operands(
-            &mut st,
+        let p: Vec<*mut f32> = st.operands(
             s,
             "spotrs",
             &[(f.a, extent(f.n, f.n, f.lda), Access::Read, "A"), (f.b, extent(f.n, f.nrhs, f.ldb), Access::Write, "B")],
         )?;
-        let pi: Vec<*mut i32> = self.operands(&mut st, s, "spotrs", &[(f.info, 1, Access::Write, "info")])?;
+        let pi: Vec<*mut i32> = st.operands(s, "spotrs", &[(f.info, 1, Access::Write, "info")])?;
         let n = f.n as usize;
         if n > 0 && f.nrhs > 0 {
             // row-major lower factor L: (r, c) at a[r·lda + c]
@@ -898,7 +891,7 @@ pub fn launches_in_process() -> u64 {
 }
 
 /// Ordering errors found where no error can be returned (frees on drop); tests assert it is empty.
-pub static RACES: Mutex<Vec<String>> = Mutex::new(Vec::new());
+static RACES: Mutex<Vec<String>> = Mutex::new(Vec::new());
 
 /// Errors recorded by drops since the last call.
 pub fn take_drop_errors() -> Vec<String> {

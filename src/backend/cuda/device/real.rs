@@ -146,13 +146,21 @@ impl CudaDevice {
         Ok(cu)
     }
 
-    fn set_blas_stream(&self, s: StreamId) -> DResult<()> {
+    /// Prepares a cuBLAS call on stream `s` (context bound, stream set, call counted): the handle.
+    fn blas_on(&self, s: StreamId) -> DResult<cudarc::cublas::sys::cublasHandle_t> {
+        self.bind()?;
         let st = self.stream(s)?;
+        let h = *self.blas.handle();
         // SAFETY: a valid handle and stream of this context.
-        unsafe { cudarc::cublas::sys::cublasSetStream_v2(*self.blas.handle(), st as _) }.result().map_err(|e| blas("cublasSetStream", e))
+        unsafe { cudarc::cublas::sys::cublasSetStream_v2(h, st as _) }.result().map_err(|e| blas("cublasSetStream", e))?;
+        self.library_calls.fetch_add(1, Ordering::Relaxed);
+        Ok(h)
     }
 
-    fn solver(&self, s: StreamId) -> DResult<sys::CUstream> {
+    /// Prepares a cuSOLVER call on stream `s` (context bound, handle created on first use, stream
+    /// set): the handle.
+    fn solver_on(&self, s: StreamId) -> DResult<cudarc::cusolver::sys::cusolverDnHandle_t> {
+        self.bind()?;
         let st = self.stream(s)?;
         let mut slot = self.solver.lock().unwrap_or_else(|e| e.into_inner());
         if slot.is_none() {
@@ -168,11 +176,7 @@ impl CudaDevice {
         let h = slot.as_ref().expect("created above").cu();
         // SAFETY: a valid handle and stream.
         unsafe { cudarc::cusolver::sys::cusolverDnSetStream(h, st as _) }.result().map_err(|e| solv("cusolverDnSetStream", e))?;
-        Ok(st)
-    }
-
-    fn solver_handle(&self) -> cudarc::cusolver::sys::cusolverDnHandle_t {
-        self.solver.lock().unwrap_or_else(|e| e.into_inner()).as_ref().expect("solver created").cu()
+        Ok(h)
     }
 }
 
@@ -330,10 +334,7 @@ impl Device for CudaDevice {
     }
 
     fn gemm(&self, g: &Gemm, stream: StreamId) -> DResult<()> {
-        self.bind()?;
-        self.set_blas_stream(stream)?;
-        self.library_calls.fetch_add(1, Ordering::Relaxed);
-        let h = *self.blas.handle();
+        let h = self.blas_on(stream)?;
         // SAFETY: the wrapper checked every extent against its buffers.
         unsafe {
             if g.batch <= 1 {
@@ -381,13 +382,11 @@ impl Device for CudaDevice {
     }
 
     fn syrk(&self, y: &Syrk, stream: StreamId) -> DResult<()> {
-        self.bind()?;
-        self.set_blas_stream(stream)?;
-        self.library_calls.fetch_add(1, Ordering::Relaxed);
+        let h = self.blas_on(stream)?;
         // SAFETY: the wrapper checked the extents.
         unsafe {
             cudarc::cublas::sys::cublasSsyrk_v2(
-                *self.blas.handle(),
+                h,
                 UPPER,
                 op(y.trans),
                 y.n,
@@ -405,13 +404,11 @@ impl Device for CudaDevice {
     }
 
     fn gemv(&self, g: &Gemv, stream: StreamId) -> DResult<()> {
-        self.bind()?;
-        self.set_blas_stream(stream)?;
-        self.library_calls.fetch_add(1, Ordering::Relaxed);
+        let h = self.blas_on(stream)?;
         // SAFETY: the wrapper checked the extents.
         unsafe {
             cudarc::cublas::sys::cublasSgemv_v2(
-                *self.blas.handle(),
+                h,
                 op(Op::N),
                 g.m,
                 g.n,
@@ -430,33 +427,22 @@ impl Device for CudaDevice {
     }
 
     fn potrf_buffer_size(&self, n: i32, a: u64, stream: StreamId) -> DResult<usize> {
-        self.bind()?;
-        self.solver(stream)?;
+        let h = self.solver_on(stream)?;
         let mut lwork = 0i32;
         // SAFETY: a valid handle; only the workspace size is written.
-        unsafe {
-            cudarc::cusolver::sys::cusolverDnSpotrf_bufferSize(
-                self.solver_handle(),
-                SOLVER_UPPER,
-                n.max(1),
-                a as *mut f32,
-                n.max(1),
-                &mut lwork,
-            )
-        }
-        .result()
-        .map_err(|e| solv("spotrf_bufferSize", e))?;
+        unsafe { cudarc::cusolver::sys::cusolverDnSpotrf_bufferSize(h, SOLVER_UPPER, n.max(1), a as *mut f32, n.max(1), &mut lwork) }
+            .result()
+            .map_err(|e| solv("spotrf_bufferSize", e))?;
         Ok(lwork.max(1) as usize)
     }
 
     fn potrf(&self, p: &Potrf, stream: StreamId) -> DResult<()> {
-        self.bind()?;
-        self.solver(stream)?;
+        let h = self.solver_on(stream)?;
         self.library_calls.fetch_add(1, Ordering::Relaxed);
         // SAFETY: the wrapper checked the extents; the workspace comes from potrf_buffer_size.
         unsafe {
             cudarc::cusolver::sys::cusolverDnSpotrf(
-                self.solver_handle(),
+                h,
                 SOLVER_UPPER,
                 p.n,
                 p.a as *mut f32,
@@ -471,13 +457,12 @@ impl Device for CudaDevice {
     }
 
     fn potrs(&self, p: &Potrs, stream: StreamId) -> DResult<()> {
-        self.bind()?;
-        self.solver(stream)?;
+        let h = self.solver_on(stream)?;
         self.library_calls.fetch_add(1, Ordering::Relaxed);
         // SAFETY: the wrapper checked the extents; A holds the factor from potrf.
         unsafe {
             cudarc::cusolver::sys::cusolverDnSpotrs(
-                self.solver_handle(),
+                h,
                 SOLVER_UPPER,
                 p.n,
                 p.nrhs,
