@@ -194,7 +194,13 @@ impl GgufWriter {
         }
         let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         let spool_path = dir.join(format!(".{name}.tmp-{}-data", std::process::id()));
-        let f = File::create(&spool_path).map_err(|e| FaspError::io(&spool_path, e))?;
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&spool_path)
+            .map_err(|e| FaspError::io(&spool_path, e))?;
         Ok(GgufWriter {
             out: out.to_path_buf(),
             meta: Vec::new(),
