@@ -8,7 +8,7 @@
 #      DEMO_OUT        output directory (default out/smollm2-135m-fasp20 in the repository)
 #      DEMO_NSAMPLES, DEMO_SEQLEN   calibration windows and their length (default 32 x 256, quick on
 #                      2 cores; 128 x 256 is where restoration clearly helps, see docs/accuracy.md)
-#      DEMO_MODEL, DEMO_CALIB, DEMO_EVAL   other inputs (then nothing is fetched)
+#      DEMO_MODEL, DEMO_CALIB, DEMO_EVAL, DEMO_EVAL_SEQLEN   other inputs (then nothing is fetched)
 #      FASP_BIN, FASP_PROFILE       which binary (scripts/fasp-bin.sh)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -27,11 +27,11 @@ out="${DEMO_OUT:-out/smollm2-135m-fasp20}"
 mkdir -p "$(dirname "$out")"
 "$bin" prune --model "$model" --out "$out" --force --calib "$calib" \
     --nsamples "${DEMO_NSAMPLES:-32}" --seqlen "${DEMO_SEQLEN:-256}" --sparsity 0.2 --device auto \
-    --eval "$eval_text" --eval-seqlen 256 --eval-windows 16 --eval-dense "$@"
+    --eval "$eval_text" --eval-seqlen "${DEMO_EVAL_SEQLEN:-256}" --eval-windows 16 --eval-dense "$@"
 echo "demo: what this means: 20% of the attention value units and MLP channels of every layer were removed"
 echo "demo:   without retraining; 'ppl change' is the cost. With 32 x 256 calibration tokens FASP's restoration"
 echo "demo:   barely helps; with 128 x 256 (DEMO_NSAMPLES=128, about 4x longer) FASP at 20% measured 41.5 against"
 echo "demo:   a dense 26.8 (8 windows). Methods, sparsities and calibration sizes compared: docs/accuracy.md."
 echo "demo: the pruned model (an HF directory; transformers loads it): $out"
-echo "demo:   evaluate it again with: $bin eval --model $out --text $eval_text --seqlen 256"
+echo "demo:   evaluate it again with: $(printf '%q ' "$bin" eval --model "$out" --text "$eval_text" --seqlen "${DEMO_EVAL_SEQLEN:-256}")"
 echo "demo: done in $(( $(date +%s) - t0 )) s"
