@@ -130,7 +130,7 @@ impl Shape {
                 "tie_word_embeddings": true,
                 "torch_dtype": "float16",
             }),
-            Family::Llama => json!({
+            _ => json!({
                 "model_type": "llama",
                 "hidden_size": self.hidden,
                 "num_hidden_layers": layers,
@@ -261,7 +261,7 @@ fn restore_flops(m: f64, s: f64, p: f64) -> f64 {
 pub fn prune_flops(cfg: &ModelConfig, nsamples: usize, seqlen: usize, sparsity: f64) -> Result<Flops> {
     let t = (nsamples * seqlen) as f64;
     let (d, nq, nk, f) = (cfg.hidden as f64, cfg.ctx_width() as f64, cfg.v_width() as f64, cfg.ffn as f64);
-    let g = if cfg.family == Family::Llama { 2.0 } else { 1.0 };
+    let g = if cfg.arch().gated() { 2.0 } else { 1.0 };
     let kc = (kept_count(cfg.v_width(), sparsity)? * cfg.group()) as f64;
     let km = kept_count(cfg.ffn, sparsity)? as f64;
     let layers = cfg.layers as f64;

@@ -1,5 +1,8 @@
-//! The CPU forward pass in f32 (the reference): OPT (learned positions with offset 2, pre-LN,
-//! ReLU, biases) and LLaMA (RMSNorm, rotary in HF's `rotate_half` layout, GQA, SwiGLU).
+//! The CPU forward pass in f32 (the reference), for every family, driven by its description
+//! (`model::arch::Arch`): LayerNorm / RMSNorm / `(1+w)` RMSNorm, pre- and post-norms, learned or
+//! rotary positions (HF's `rotate_half` layout, with the config's rope scaling and per-layer-type
+//! bases), q/k norms, GQA, full or sliding-window causal attention, ReLU / SiLU-GLU / GELU-tanh-GLU,
+//! the embedding scale and the final logit soft-cap.
 //!
 //! Activations are row-major `[tokens, features]` with the calibration or evaluation windows
 //! stacked: token `t` of window `w` is row `w * seqlen + t`. There is no padding, so positions
@@ -9,20 +12,31 @@
 //! (different value widths per KV head) runs through the same code as a dense one.
 
 use crate::math;
-use crate::model::arch::ctx_layout;
-use crate::model::{Family, LayerWeights, Linear, ModelConfig, Norm};
+use crate::model::arch::{ctx_layout, Activation, NormKind, Positions};
+use crate::model::{LayerWeights, Linear, ModelConfig, Norm};
 use crate::tensor::{linear, Mat};
 use faer::{linalg::matmul::matmul, Accum, Par};
 use rayon::prelude::*;
 
-/// Token embeddings, plus OPT's learned positions (offset 2).
+/// Token embeddings, times `sqrt(hidden)` where the family scales them, plus learned positions
+/// (with the family's offset, OPT: 2).
 pub fn embed(cfg: &ModelConfig, emb: &Mat, positions: Option<&Mat>, ids: &[u32], seqlen: usize) -> Mat {
+    let a = cfg.arch();
+    let offset = match a.positions {
+        Positions::Learned { offset } => offset,
+        Positions::Rotary => 0,
+    };
+    // transformers: `embed(ids) * torch.tensor(hidden ** 0.5).to(weight.dtype)`
+    let scale = a.embed_scale.then(|| (cfg.hidden as f64).sqrt() as f32);
     let mut x = Mat::zeros(ids.len(), cfg.hidden);
     for (t, &id) in ids.iter().enumerate() {
         let row = x.row_mut(t);
         row.copy_from_slice(emb.row(id as usize));
+        if let Some(s) = scale {
+            row.iter_mut().for_each(|v| *v *= s);
+        }
         if let Some(pos) = positions {
-            for (v, p) in row.iter_mut().zip(pos.row(t % seqlen + 2)) {
+            for (v, p) in row.iter_mut().zip(pos.row(t % seqlen + offset)) {
                 *v += *p;
             }
         }
@@ -32,37 +46,61 @@ pub fn embed(cfg: &ModelConfig, emb: &Mat, positions: Option<&Mat>, ids: &[u32],
 
 /// LayerNorm (with bias) or RMSNorm (without), statistics in f32 like HF.
 pub fn norm(x: &Mat, n: &Norm, eps: f32) -> Mat {
+    norm_as(x, n, if n.b.is_some() { NormKind::LayerNorm } else { NormKind::RmsNorm }, eps)
+}
+
+/// A norm of the given kind over each row of `x`.
+pub fn norm_as(x: &Mat, n: &Norm, kind: NormKind, eps: f32) -> Mat {
     let mut y = x.clone();
+    norm_rows(&mut y.data, x.cols, n, kind, eps);
+    y
+}
+
+/// A norm over each `width`-wide row of `data`, in place.
+fn norm_rows(data: &mut [f32], width: usize, n: &Norm, kind: NormKind, eps: f32) {
     // Element-wise work stays on one thread: it is memory-bound, and rayon's scheduling cost was
     // measured to dominate it (25x slower than this loop on a busy 2-core machine).
-    y.data.chunks_mut(x.cols.max(1)).for_each(|row| {
+    data.chunks_mut(width.max(1)).for_each(|row| {
         let d = row.len() as f32;
-        match &n.b {
-            Some(b) => {
+        match (kind, &n.b) {
+            (NormKind::LayerNorm, b) => {
                 let mean = row.iter().sum::<f32>() / d;
                 let var = row.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / d;
                 let inv = 1.0 / (var + eps).sqrt();
-                for ((v, w), bb) in row.iter_mut().zip(&n.w).zip(b) {
-                    *v = (*v - mean) * inv * w + bb;
+                for (i, (v, w)) in row.iter_mut().zip(&n.w).enumerate() {
+                    *v = (*v - mean) * inv * w + b.as_ref().map_or(0.0, |b| b[i]);
                 }
             }
-            None => {
+            (NormKind::RmsNorm, _) => {
                 let ms = row.iter().map(|v| v * v).sum::<f32>() / d;
                 let inv = 1.0 / (ms + eps).sqrt();
                 for (v, w) in row.iter_mut().zip(&n.w) {
                     *v = w * (*v * inv);
                 }
             }
+            (NormKind::RmsNormPlusOne, _) => {
+                // transformers' Gemma: `norm(x.float()) * (1.0 + weight.float())`
+                let ms = row.iter().map(|v| v * v).sum::<f32>() / d;
+                let inv = 1.0 / (ms + eps).sqrt();
+                for (v, w) in row.iter_mut().zip(&n.w) {
+                    *v = (*v * inv) * (1.0 + w);
+                }
+            }
         }
     });
-    y
 }
 
-/// Rotary embedding in place on `[tokens, heads * hd]`, HF `rotate_half` layout:
-/// `x' = x cos + rotate_half(x) sin` with `rotate_half([a, b]) = [-b, a]`.
+/// Rotary embedding in place on `[tokens, heads * hd]`, HF `rotate_half` layout, with the plain
+/// `1/theta^(2i/hd)` frequencies.
 pub fn rope(x: &mut Mat, heads: usize, hd: usize, theta: f32, seqlen: usize) {
+    let inv_freq: Vec<f32> = (0..hd / 2).map(|i| 1.0 / theta.powf((2 * i) as f32 / hd as f32)).collect();
+    rope_freqs(x, heads, hd, &inv_freq, seqlen);
+}
+
+/// Rotary embedding in place on `[tokens, heads * hd]` with the given `inv_freq` (hd/2 values):
+/// `x' = x cos + rotate_half(x) sin` with `rotate_half([a, b]) = [-b, a]`.
+pub fn rope_freqs(x: &mut Mat, heads: usize, hd: usize, inv_freq: &[f32], seqlen: usize) {
     let half = hd / 2;
-    let inv_freq: Vec<f32> = (0..half).map(|i| 1.0 / theta.powf((2 * i) as f32 / hd as f32)).collect();
     // (sin, cos) per position and frequency, as HF computes them: angle = pos * inv_freq in f32
     let table: Vec<(f32, f32)> = (0..seqlen).flat_map(|p| inv_freq.iter().map(move |f| (p as f32 * f).sin_cos())).collect();
     x.data.chunks_mut(heads * hd).enumerate().for_each(|(t, row)| {
@@ -86,6 +124,11 @@ const ATTN_BLOCK: usize = 64;
 /// `v` is `[T, v_units.len()]` with its columns being the V rows `v_units`. Returns the context
 /// `[T, group * v_units.len()]` with columns in `arch::ctx_layout` order.
 pub fn attention(cfg: &ModelConfig, q: &Mat, k: &Mat, v: &Mat, v_units: &[usize], seqlen: usize) -> Mat {
+    attention_windowed(cfg, q, k, v, v_units, seqlen, None)
+}
+
+/// [`attention`] with an optional sliding window `W`: a query at t sees keys t−W < s ≤ t.
+pub fn attention_windowed(cfg: &ModelConfig, q: &Mat, k: &Mat, v: &Mat, v_units: &[usize], seqlen: usize, window: Option<usize>) -> Mat {
     let (hd, g) = (cfg.head_dim, cfg.group());
     let t_all = q.rows;
     let windows = t_all / seqlen;
@@ -98,7 +141,7 @@ pub fn attention(cfg: &ModelConfig, q: &Mat, k: &Mat, v: &Mat, v_units: &[usize]
         }
         head_cols[h].1.push(i);
     }
-    let scale = 1.0 / (hd as f32).sqrt();
+    let scale = cfg.attn_scale;
     let tasks: Vec<(usize, usize)> = (0..windows).flat_map(|w| (0..cfg.heads).map(move |h| (w, h))).collect();
     let parts: Vec<(usize, usize, Mat)> = tasks
         .par_iter()
@@ -128,9 +171,11 @@ pub fn attention(cfg: &ModelConfig, q: &Mat, k: &Mat, v: &Mat, v_units: &[usize]
                 let mut s = Mat::zeros(b1 - b0, b1);
                 matmul(s.view_mut(), Accum::Replace, qh.view().subrows(b0, b1 - b0), kh.view().subrows(0, b1).transpose(), scale, Par::Seq);
                 for r in 0..b1 - b0 {
-                    let i = b0 + r; // this row's position: it sees keys 0..=i
+                    let i = b0 + r; // this row's position: it sees keys lo..=i
+                    let lo = window.map_or(0, |w| (i + 1).saturating_sub(w));
                     let row = s.row_mut(r);
-                    math::softmax(&mut row[..=i]);
+                    math::softmax(&mut row[lo..=i]);
+                    row[..lo].fill(0.0);
                     row[i + 1..].fill(0.0);
                 }
                 matmul(ctx.view_mut().subrows_mut(b0, b1 - b0), Accum::Replace, s.view(), vh.view().subrows(0, b1), 1.0f32, Par::Seq);
@@ -148,17 +193,31 @@ pub fn attention(cfg: &ModelConfig, q: &Mat, k: &Mat, v: &Mat, v_units: &[usize]
     out
 }
 
+/// Per-head norm in place on `[tokens, heads * hd]` (q_norm / k_norm).
+fn head_norm(x: &mut Mat, n: &Norm, kind: NormKind, eps: f32, hd: usize) {
+    norm_rows(&mut x.data, hd, n, kind, eps);
+}
+
 /// The attention half up to the o_proj input: the context `X` of the attention pair.
 pub fn attn_context(cfg: &ModelConfig, lw: &LayerWeights, h: &Mat, seqlen: usize) -> Mat {
-    let x = norm(h, &lw.attn_norm, cfg.norm_eps);
+    let kind = cfg.arch().norm;
+    let (eps, hd) = (cfg.norm_eps, cfg.head_dim);
+    let x = norm_as(h, &lw.attn_norm, kind, eps);
     let mut q = linear(&x, &lw.q.w, lw.q.b.as_deref());
     let mut k = linear(&x, &lw.k.w, lw.k.b.as_deref());
     let v = linear(&x, &lw.v.w, lw.v.b.as_deref());
-    if cfg.family == Family::Llama {
-        rope(&mut q, cfg.heads, cfg.head_dim, cfg.rope_theta, seqlen);
-        rope(&mut k, cfg.kv_heads, cfg.head_dim, cfg.rope_theta, seqlen);
+    if let Some(n) = &lw.q_norm {
+        head_norm(&mut q, n, kind, eps, hd);
     }
-    attention(cfg, &q, &k, &v, &lw.v_units, seqlen)
+    if let Some(n) = &lw.k_norm {
+        head_norm(&mut k, n, kind, eps, hd);
+    }
+    if let Some(r) = cfg.layer_rope(lw.index) {
+        let f = r.inv_freq(hd);
+        rope_freqs(&mut q, cfg.heads, hd, &f, seqlen);
+        rope_freqs(&mut k, cfg.kv_heads, hd, &f, seqlen);
+    }
+    attention_windowed(cfg, &q, &k, &v, &lw.v_units, seqlen, cfg.window(lw.index))
 }
 
 /// `h + x Wᵀ + b`: a residual branch (o_proj on the context, or fc2/down_proj on the activation).
@@ -168,16 +227,47 @@ pub fn add_linear(h: &Mat, o: &Linear, ctx: &Mat) -> Mat {
     out
 }
 
+/// `h + post(x Wᵀ + b)`: a residual branch with the family's optional post-norm.
+fn residual(cfg: &ModelConfig, h: &Mat, w: &Linear, post: Option<&Norm>, x: &Mat) -> Mat {
+    match post {
+        None => add_linear(h, w, x),
+        Some(n) => {
+            let mut out = norm_as(&linear(x, &w.w, w.b.as_deref()), n, cfg.arch().norm, cfg.norm_eps);
+            out.add_assign(h);
+            out
+        }
+    }
+}
+
+/// The residual stream after attention: `h + post_attn_norm(o_proj(ctx))` (no post-norm in most families).
+/// `ctx` has the columns `lw.o` expects.
+pub fn attn_residual(cfg: &ModelConfig, lw: &LayerWeights, h: &Mat, ctx: &Mat) -> Mat {
+    residual(cfg, h, &lw.o, lw.post_attn_norm.as_ref(), ctx)
+}
+
+/// The layer output: `h + post_mlp_norm(down(act))`. `act` has the columns `lw.down` expects.
+pub fn mlp_residual(cfg: &ModelConfig, lw: &LayerWeights, h: &Mat, act: &Mat) -> Mat {
+    residual(cfg, h, &lw.down, lw.post_mlp_norm.as_ref(), act)
+}
+
+/// GELU, tanh approximation, as PyTorch computes it in f32.
+fn gelu_tanh(x: f32) -> f32 {
+    let beta = (std::f64::consts::SQRT_2 * std::f64::consts::FRAC_2_SQRT_PI * 0.5) as f32;
+    let inner = beta * (x + 0.044715 * (x * x * x));
+    0.5 * x * (1.0 + inner.tanh())
+}
+
 /// The MLP half up to the fc2/down_proj input: the activated intermediate `X` of the MLP pair.
 pub fn mlp_act(cfg: &ModelConfig, lw: &LayerWeights, h: &Mat) -> Mat {
-    let x = norm(h, &lw.mlp_norm, cfg.norm_eps);
+    let x = norm_as(h, &lw.mlp_norm, cfg.arch().norm, cfg.norm_eps);
     let mut up = linear(&x, &lw.up.w, lw.up.b.as_deref());
-    match &lw.gate {
-        None => up.data.iter_mut().for_each(|v| *v = v.max(0.0)),
-        Some(gate) => {
+    match (&lw.gate, cfg.arch().activation) {
+        (None, _) => up.data.iter_mut().for_each(|v| *v = v.max(0.0)),
+        (Some(gate), act) => {
             let g = linear(&x, &gate.w, gate.b.as_deref());
-            for (u, &gv) in up.data.iter_mut().zip(&g.data) {
-                *u *= gv / (1.0 + math::exp(-gv));
+            match act {
+                Activation::GeluTanhGlu => up.data.iter_mut().zip(&g.data).for_each(|(u, &gv)| *u *= gelu_tanh(gv)),
+                _ => up.data.iter_mut().zip(&g.data).for_each(|(u, &gv)| *u *= gv / (1.0 + math::exp(-gv))),
             }
         }
     }
@@ -187,15 +277,19 @@ pub fn mlp_act(cfg: &ModelConfig, lw: &LayerWeights, h: &Mat) -> Mat {
 /// One whole decoder layer.
 pub fn layer(cfg: &ModelConfig, lw: &LayerWeights, h: &Mat, seqlen: usize) -> Mat {
     let ctx = attn_context(cfg, lw, h, seqlen);
-    let h = add_linear(h, &lw.o, &ctx);
+    let h = attn_residual(cfg, lw, h, &ctx);
     let act = mlp_act(cfg, lw, &h);
-    add_linear(&h, &lw.down, &act)
+    mlp_residual(cfg, lw, &h, &act)
 }
 
-/// Final norm and LM head: `[T, vocab]` logits.
+/// Final norm and LM head: `[T, vocab]` logits, soft-capped where the config says so.
 pub fn logits(cfg: &ModelConfig, final_norm: &Norm, head: &Mat, h: &Mat) -> Mat {
-    let x = norm(h, final_norm, cfg.norm_eps);
-    linear(&x, head, None)
+    let x = norm_as(h, final_norm, cfg.arch().norm, cfg.norm_eps);
+    let mut out = linear(&x, head, None);
+    if let Some(cap) = cfg.final_logit_softcap {
+        out.data.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
+    }
+    out
 }
 
 #[cfg(test)]

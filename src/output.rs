@@ -7,8 +7,8 @@
 //! writer holds at most one shard in memory.
 
 use crate::error::{FaspError, Result};
-use crate::model::arch::{attn_columns, Role};
-use crate::model::{DType, Family, LayerWeights, Model, TOKENIZER_FILES};
+use crate::model::arch::{attn_columns, AttnBiases, Role};
+use crate::model::{DType, LayerWeights, Model, TOKENIZER_FILES};
 use crate::tensor::Mat;
 use safetensors::tensor::TensorView;
 use std::collections::BTreeMap;
@@ -175,8 +175,9 @@ pub struct ModelWriter {
     compact: bool,
     kept_v: Vec<Vec<usize>>,
     ffn: Option<usize>,
-    attn_bias: bool,
-    mlp_bias: bool,
+    /// An o_proj / down_proj bias was added (FLAP's compensation) where the model had none.
+    o_bias_added: bool,
+    down_bias_added: bool,
     params_dense_equivalent: usize,
     params_compact: usize,
 }
@@ -193,8 +194,8 @@ impl ModelWriter {
             compact,
             kept_v: Vec::new(),
             ffn: None,
-            attn_bias: model.cfg.attn_bias,
-            mlp_bias: model.cfg.mlp_bias,
+            o_bias_added: false,
+            down_bias_added: false,
             params_dense_equivalent: 0,
             params_compact: 0,
         })
@@ -212,8 +213,8 @@ impl ModelWriter {
         if *self.ffn.get_or_insert(ffn) != ffn {
             return Err(out_err(self.tmp.path(), format!("layer {l} keeps {ffn} MLP channels, earlier layers {:?}", self.ffn)));
         }
-        self.attn_bias |= lw.o.b.is_some();
-        self.mlp_bias |= lw.down.b.is_some();
+        self.o_bias_added |= lw.o.b.is_some() && !cfg.bias.o;
+        self.down_bias_added |= lw.down.b.is_some() && !cfg.bias.down;
         self.params_compact += lw.param_count();
         let nv = cfg.v_width();
         let (v, o) = if self.compact {
@@ -241,6 +242,11 @@ impl ModelWriter {
         self.params_dense_equivalent += dense_eq.param_count();
         self.kept_v.push(lw.v_units.clone());
 
+        // an added o_proj bias turns a family's attention-bias switch on, which gives q/k/v biases too
+        // (written as zeros); likewise an added down bias under an MLP-bias switch
+        let a = cfg.arch();
+        let attn_switch = matches!(a.attn_biases, AttnBiases::Switch { .. }) && self.o_bias_added;
+        let mlp_switch = a.mlp_bias_key.is_some() && self.down_bias_added;
         let s = &mut self.shards;
         let mat = |s: &mut ShardWriter, role, m: &Mat| s.add(name(role), vec![m.rows, m.cols], &m.data);
         let vecw = |s: &mut ShardWriter, role, v: &[f32]| s.add(name(role), vec![v.len()], v);
@@ -251,32 +257,35 @@ impl ModelWriter {
                 (None, false) => Ok(()),
             }
         };
+        let norm = |s: &mut ShardWriter, role, n: &Option<crate::model::Norm>| n.as_ref().map_or(Ok(()), |n| vecw(s, role, &n.w));
         vecw(s, Role::AttnNormW, &lw.attn_norm.w)?;
         if let Some(b) = &lw.attn_norm.b {
             vecw(s, Role::AttnNormB, b)?;
         }
-        let ab = self.attn_bias;
         mat(s, Role::QW, &lw.q.w)?;
-        bias(s, Role::QB, &lw.q.b, lw.q.w.rows, ab)?;
+        bias(s, Role::QB, &lw.q.b, lw.q.w.rows, attn_switch)?;
         mat(s, Role::KW, &lw.k.w)?;
-        bias(s, Role::KB, &lw.k.b, lw.k.w.rows, ab)?;
+        bias(s, Role::KB, &lw.k.b, lw.k.w.rows, attn_switch)?;
         mat(s, Role::VW, &v.w)?;
-        bias(s, Role::VB, &v.b, v.w.rows, ab)?;
+        bias(s, Role::VB, &v.b, v.w.rows, attn_switch)?;
         mat(s, Role::OW, &o.w)?;
-        bias(s, Role::OB, &o.b, o.w.rows, ab)?;
+        bias(s, Role::OB, &o.b, o.w.rows, attn_switch || self.o_bias_added)?;
+        norm(s, Role::QNormW, &lw.q_norm)?;
+        norm(s, Role::KNormW, &lw.k_norm)?;
+        norm(s, Role::PostAttnNormW, &lw.post_attn_norm)?;
         vecw(s, Role::MlpNormW, &lw.mlp_norm.w)?;
         if let Some(b) = &lw.mlp_norm.b {
             vecw(s, Role::MlpNormB, b)?;
         }
-        let mb = self.mlp_bias;
         mat(s, Role::UpW, &lw.up.w)?;
-        bias(s, Role::UpB, &lw.up.b, lw.up.w.rows, mb)?;
+        bias(s, Role::UpB, &lw.up.b, lw.up.w.rows, mlp_switch)?;
         if let Some(g) = &lw.gate {
             mat(s, Role::GateW, &g.w)?;
-            bias(s, Role::GateB, &g.b, g.w.rows, mb)?;
+            bias(s, Role::GateB, &g.b, g.w.rows, mlp_switch)?;
         }
         mat(s, Role::DownW, &lw.down.w)?;
-        bias(s, Role::DownB, &lw.down.b, lw.down.w.rows, mb)?;
+        bias(s, Role::DownB, &lw.down.b, lw.down.w.rows, mlp_switch || self.down_bias_added)?;
+        norm(s, Role::PostMlpNormW, &lw.post_mlp_norm)?;
         Ok(())
     }
 
@@ -311,14 +320,36 @@ impl ModelWriter {
 
         let mut config = cfg.raw.clone();
         let obj = config.as_object_mut().ok_or_else(|| out_err(out, "config is not a JSON object"))?;
-        let ffn_key = if cfg.family == Family::Opt { "ffn_dim" } else { "intermediate_size" };
-        obj.insert(ffn_key.into(), self.ffn.unwrap_or(cfg.ffn).into());
+        let a = cfg.arch();
+        obj.insert(a.ffn_key.into(), self.ffn.unwrap_or(cfg.ffn).into());
         obj.insert("torch_dtype".into(), dtype.name().into());
-        if self.attn_bias && !cfg.attn_bias {
-            obj.insert(if cfg.family == Family::Opt { "enable_bias" } else { "attention_bias" }.into(), true.into());
+        // biases FLAP's compensation added: through the family's config switch, or (a family
+        // without one) listed for this engine's reader; transformers has no place for those
+        let mut extra: Vec<&str> = cfg
+            .raw
+            .get("fasp_extra_biases")
+            .and_then(|v| serde_json::from_value::<Vec<String>>(v.clone()).ok())
+            .map_or(vec![], |v| v.iter().filter_map(|e| ["o_proj", "down_proj"].into_iter().find(|k| k == e)).collect());
+        if self.o_bias_added {
+            match a.attn_biases {
+                AttnBiases::Switch { key, .. } => {
+                    obj.insert(key.into(), true.into());
+                }
+                AttnBiases::Fixed { .. } => extra.push("o_proj"),
+            }
         }
-        if self.mlp_bias && !cfg.mlp_bias {
-            obj.insert(if cfg.family == Family::Opt { "enable_bias" } else { "mlp_bias" }.into(), true.into());
+        if self.down_bias_added {
+            match a.mlp_bias_key {
+                Some(key) => {
+                    obj.insert(key.into(), true.into());
+                }
+                None => extra.push("down_proj"),
+            }
+        }
+        extra.sort_unstable();
+        extra.dedup();
+        if !extra.is_empty() {
+            obj.insert("fasp_extra_biases".into(), serde_json::to_value(&extra).expect("serializable"));
         }
         if !model.head_is_tied() {
             obj.insert("tie_word_embeddings".into(), false.into());

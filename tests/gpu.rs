@@ -554,16 +554,21 @@ fn rand_layer(cfg: &ModelConfig, seed: u64) -> LayerWeights {
     let norm =
         |s| Norm { w: randv(d, s, 0.8, 1.2), b: (cfg.family == fasp_engine::model::Family::Opt).then(|| randv(d, s + 1, -0.1, 0.1)) };
     LayerWeights {
+        index: 0,
         attn_norm: norm(seed),
         q: rand_linear(cfg.heads * hd, d, bias, seed + 2),
         k: rand_linear(cfg.kv_heads * hd, d, bias, seed + 4),
         v: rand_linear(cfg.kv_heads * hd, d, bias, seed + 6),
         o: rand_linear(d, cfg.heads * hd, bias, seed + 8),
         v_units: (0..cfg.v_width()).collect(),
+        q_norm: None,
+        k_norm: None,
+        post_attn_norm: None,
         mlp_norm: norm(seed + 10),
         up: rand_linear(cfg.ffn, d, cfg.mlp_bias, seed + 12),
         gate: (cfg.family == fasp_engine::model::Family::Llama).then(|| rand_linear(cfg.ffn, d, cfg.mlp_bias, seed + 14)),
         down: rand_linear(d, cfg.ffn, cfg.mlp_bias, seed + 16),
+        post_mlp_norm: None,
     }
 }
 

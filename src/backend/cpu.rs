@@ -66,7 +66,7 @@ impl Backend for CpuBackend {
         let ctx = self.ctx.take().ok_or_else(|| missing("mlp_stats before attn_stats"))?;
         // Q and K are unchanged, so the pruned context is the dense context's kept columns.
         let ctx_kept = if ctx_cols.len() == ctx.cols { ctx } else { ctx.gather_cols(ctx_cols) };
-        let mid = forward::add_linear(inps, &lw.o, &ctx_kept);
+        let mid = forward::attn_residual(cfg, lw, inps, &ctx_kept);
         let act = forward::mlp_act(cfg, lw, &mid);
         finite(&act, "MLP activation")?;
         let stats = PairStats::of(&act);
@@ -75,11 +75,11 @@ impl Backend for CpuBackend {
         Ok(stats)
     }
 
-    fn advance(&mut self, _cfg: &ModelConfig, lw: &LayerWeights, mlp_cols: &[usize]) -> Result<()> {
+    fn advance(&mut self, cfg: &ModelConfig, lw: &LayerWeights, mlp_cols: &[usize]) -> Result<()> {
         let mid = self.mid.take().ok_or_else(|| missing("advance before mlp_stats"))?;
         let act = self.act.take().ok_or_else(|| missing("advance before mlp_stats"))?;
         let act_kept = if mlp_cols.len() == act.cols { act } else { act.gather_cols(mlp_cols) };
-        let out = forward::add_linear(&mid, &lw.down, &act_kept);
+        let out = forward::mlp_residual(cfg, lw, &mid, &act_kept);
         finite(&out, "layer output")?;
         self.inps = Some(out);
         Ok(())

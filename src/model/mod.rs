@@ -23,7 +23,8 @@ pub struct Linear {
     pub b: Option<Vec<f32>>,
 }
 
-/// LayerNorm when `b` is present (OPT), RMSNorm otherwise (LLaMA).
+/// A norm's parameters; its kind (LayerNorm, RMSNorm, `(1+w)` RMSNorm) is the family's
+/// (`arch::NormKind`). `b` is LayerNorm's bias.
 #[derive(Clone, Debug)]
 pub struct Norm {
     pub w: Vec<f32>,
@@ -35,12 +36,19 @@ pub struct Norm {
 /// `arch::ctx_layout`.
 #[derive(Clone, Debug)]
 pub struct LayerWeights {
+    /// The layer's index (its window and rotary come from the config by index).
+    pub index: usize,
     pub attn_norm: Norm,
     pub q: Linear,
     pub k: Linear,
     pub v: Linear,
     pub o: Linear,
     pub v_units: Vec<usize>,
+    /// Per-head norms of Q and K (Qwen3, Gemma-3).
+    pub q_norm: Option<Norm>,
+    pub k_norm: Option<Norm>,
+    /// Norm of the attention output before the residual add (Gemma-3).
+    pub post_attn_norm: Option<Norm>,
     pub mlp_norm: Norm,
     /// fc1 (OPT) or up_proj (LLaMA): rows are MLP units.
     pub up: Linear,
@@ -48,6 +56,8 @@ pub struct LayerWeights {
     pub gate: Option<Linear>,
     /// fc2 / down_proj: columns are MLP units.
     pub down: Linear,
+    /// Norm of the MLP output before the residual add (Gemma-3).
+    pub post_mlp_norm: Option<Norm>,
 }
 
 impl LayerWeights {
@@ -57,7 +67,12 @@ impl LayerWeights {
     pub fn param_count(&self) -> usize {
         let lin = |l: &Linear| l.w.data.len() + l.b.as_ref().map_or(0, |b| b.len());
         let norm = |n: &Norm| n.w.len() + n.b.as_ref().map_or(0, |b| b.len());
+        let opt_norm = |n: &Option<Norm>| n.as_ref().map_or(0, norm);
         norm(&self.attn_norm)
+            + opt_norm(&self.q_norm)
+            + opt_norm(&self.k_norm)
+            + opt_norm(&self.post_attn_norm)
+            + opt_norm(&self.post_mlp_norm)
             + lin(&self.q)
             + lin(&self.k)
             + lin(&self.v)
@@ -160,7 +175,7 @@ impl Model {
 
     /// A missing `lm_head.weight` with tied embeddings means the embedding (FASP-SPEC §1).
     pub fn head_is_tied(&self) -> bool {
-        self.src.shape(self.names.lm_head()).is_none() && (self.cfg.tie_embeddings || self.cfg.family == Family::Opt)
+        self.src.shape(self.names.lm_head()).is_none() && self.cfg.tie_embeddings
     }
 
     /// The storage dtype of the checkpoint (that of the embedding).
@@ -203,24 +218,32 @@ impl Model {
         }
     }
 
-    /// Materializes layer `l` in f32.
+    /// Materializes layer `l` in f32: the tensors of `arch::layer_layout`, nothing else.
     pub fn layer(&self, l: usize) -> Result<LayerWeights> {
         let c = &self.cfg;
+        let roles: Vec<Role> = layer_layout(c, l).into_iter().map(|(r, _)| r).collect();
+        let has = |r: Role| roles.contains(&r);
         let n = |role| self.names.layer(l, role);
-        let opt_vec = |present: bool, role| -> Result<Option<Vec<f32>>> { present.then(|| self.load(&n(role))).transpose() };
-        let lin = |w, b, has_b: bool| -> Result<Linear> { Ok(Linear { w: self.load_mat(&n(w))?, b: opt_vec(has_b, b)? }) };
-        let is_opt = c.family == Family::Opt;
+        let opt_vec = |role: Role| -> Result<Option<Vec<f32>>> { has(role).then(|| self.load(&n(role))).transpose() };
+        let lin = |w, b| -> Result<Linear> { Ok(Linear { w: self.load_mat(&n(w))?, b: opt_vec(b)? }) };
+        let norm = |w, b| -> Result<Norm> { Ok(Norm { w: self.load(&n(w))?, b: opt_vec(b)? }) };
+        let opt_norm = |w: Role| -> Result<Option<Norm>> { has(w).then(|| Ok(Norm { w: self.load(&n(w))?, b: None })).transpose() };
         Ok(LayerWeights {
-            attn_norm: Norm { w: self.load(&n(Role::AttnNormW))?, b: opt_vec(is_opt, Role::AttnNormB)? },
-            q: lin(Role::QW, Role::QB, c.attn_bias)?,
-            k: lin(Role::KW, Role::KB, c.attn_bias)?,
-            v: lin(Role::VW, Role::VB, c.attn_bias)?,
-            o: lin(Role::OW, Role::OB, c.attn_bias)?,
+            index: l,
+            attn_norm: norm(Role::AttnNormW, Role::AttnNormB)?,
+            q: lin(Role::QW, Role::QB)?,
+            k: lin(Role::KW, Role::KB)?,
+            v: lin(Role::VW, Role::VB)?,
+            o: lin(Role::OW, Role::OB)?,
             v_units: c.v_units(l),
-            mlp_norm: Norm { w: self.load(&n(Role::MlpNormW))?, b: opt_vec(is_opt, Role::MlpNormB)? },
-            up: lin(Role::UpW, Role::UpB, c.mlp_bias)?,
-            gate: if is_opt { None } else { Some(lin(Role::GateW, Role::GateB, c.mlp_bias)?) },
-            down: lin(Role::DownW, Role::DownB, c.mlp_bias)?,
+            q_norm: opt_norm(Role::QNormW)?,
+            k_norm: opt_norm(Role::KNormW)?,
+            post_attn_norm: opt_norm(Role::PostAttnNormW)?,
+            mlp_norm: norm(Role::MlpNormW, Role::MlpNormB)?,
+            up: lin(Role::UpW, Role::UpB)?,
+            gate: if has(Role::GateW) { Some(lin(Role::GateW, Role::GateB)?) } else { None },
+            down: lin(Role::DownW, Role::DownB)?,
+            post_mlp_norm: opt_norm(Role::PostMlpNormW)?,
         })
     }
 

@@ -13,7 +13,7 @@
 //! weights.
 
 use super::arch::{layer_layout, Names, Role};
-use super::config::{Family, ModelConfig};
+use super::config::ModelConfig;
 use super::weights::{DType, TensorSource};
 use crate::error::{FaspError, Result};
 use half::f16;
@@ -82,12 +82,19 @@ fn tensor_specs(cfg: &ModelConfig) -> Vec<(String, Vec<usize>, Fill)> {
     if let Some(b) = names.final_norm_b() {
         out.push((b, vec![d], Fill::Plain));
     }
-    if !cfg.tie_embeddings && cfg.family == Family::Llama {
+    if !cfg.tie_embeddings {
         out.push((names.lm_head().to_string(), vec![cfg.vocab, d], Fill::Plain));
     }
     for l in 0..cfg.layers {
         for (role, shape) in layer_layout(cfg, l) {
-            let fill = if matches!(role, Role::AttnNormW | Role::MlpNormW) { Fill::Norm } else { Fill::Plain };
+            let fill = if matches!(
+                role,
+                Role::AttnNormW | Role::MlpNormW | Role::QNormW | Role::KNormW | Role::PostAttnNormW | Role::PostMlpNormW
+            ) {
+                Fill::Norm
+            } else {
+                Fill::Plain
+            };
             out.push((names.layer(l, role), shape, fill));
         }
     }

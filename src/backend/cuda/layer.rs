@@ -11,7 +11,7 @@ use super::context::{DeviceBuf, DevicePtr, DevicePtrMut, DeviceSlice};
 use super::forward as fw;
 use super::weights::{DevLinear, DevNorm};
 use crate::error::{FaspError, Result};
-use crate::model::{Family, ModelConfig};
+use crate::model::ModelConfig;
 
 /// `y = norm(x)`: LayerNorm when the norm has a bias (OPT), RMSNorm otherwise (as the CPU).
 pub fn norm(
@@ -113,13 +113,13 @@ pub fn attn_context(
     linear(gpu, &w.q, &sc.xn, &mut sc.q, t)?;
     linear(gpu, &w.k, &sc.xn, &mut sc.k, t)?;
     linear(gpu, &w.v, &sc.xn, &mut sc.v, t)?;
-    if cfg.family == Family::Llama {
+    if cfg.rope.is_some() {
         let f = inv_freq.map(|f| f as &dyn fw::DevicePtrF32);
         fw::rope(gpu, &mut sc.q, t, heads, hd, nq, seqlen, cfg.rope_theta, f)?;
         let f = inv_freq.map(|f| f as &dyn fw::DevicePtrF32);
         fw::rope(gpu, &mut sc.k, t, kvh, hd, nk, seqlen, cfg.rope_theta, f)?;
     }
-    let scale = 1.0 / (hd as f32).sqrt();
+    let scale = cfg.attn_scale;
     let mut w0 = 0;
     while w0 < nwin {
         let wb = sc.attn_windows.min(nwin - w0);
@@ -217,8 +217,7 @@ pub fn mlp_act(gpu: &Gpu, cfg: &ModelConfig, w: &MlpWeights, x: &impl DevicePtr<
     }
 }
 
-/// The rotary frequencies exactly as the CPU computes them (`forward::rope`).
+/// The rotary frequencies exactly as the CPU computes them (`config::Rope::inv_freq`, rope scaling included).
 pub fn inv_freq(cfg: &ModelConfig) -> Vec<f32> {
-    let hd = cfg.head_dim;
-    (0..hd / 2).map(|i| 1.0 / cfg.rope_theta.powf((2 * i) as f32 / hd as f32)).collect()
+    cfg.rope.map_or(Vec::new(), |r| r.inv_freq(cfg.head_dim))
 }

@@ -39,7 +39,7 @@ pub use context::{cuda_usable, Bf16, Gpu};
 
 use super::{Backend, PairStats};
 use crate::error::{FaspError, Result};
-use crate::model::{Family, LayerWeights, ModelConfig};
+use crate::model::{LayerWeights, ModelConfig};
 use crate::prune::restore::Restored;
 use crate::tensor::{Gram, Mat};
 use context::DeviceBuf;
@@ -247,7 +247,10 @@ impl Backend for CudaBackend {
             k: self.cache.linear(&gpu, &lw.k, "k_proj")?,
             v: self.cache.linear(&gpu, &lw.v, "v_proj")?,
         };
-        if cfg.family == Family::Llama {
+        if let Some(m) = cfg.cuda_unsupported() {
+            return Err(FaspError::Cuda(m));
+        }
+        if cfg.rope.is_some() {
             self.rope_table(cfg)?;
         }
         let (chunk_w, attn_w) = self.plan(cfg);
