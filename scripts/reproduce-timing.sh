@@ -28,10 +28,8 @@ while [ $# -gt 0 ]; do
 done
 
 # A GPU machine has no Rust: there, pass a binary built here (FASP_BIN=gpu-bundle/fasp-engine).
-bin="${FASP_BIN:-${CARGO_TARGET_DIR:-target}/release/fasp-engine}"
-if [ -z "${FASP_BIN:-}" ]; then
-    cargo build --release --locked --quiet
-fi
+# scripts/fasp-bin.sh builds (unless FASP_BIN is set) and finds the binary through cargo
+bin="$(scripts/fasp-bin.sh)"
 
 if [ -z "$device" ]; then
     if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1 \

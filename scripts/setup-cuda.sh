@@ -74,8 +74,15 @@ else
 export CUDA_HOME="$CUDA_HOME_LOCAL"
 export PATH="\$CUDA_HOME/bin:\$PATH"
 ENV
-  # build.rs only reruns on its watched inputs; touching it makes the next cargo build pick up nvcc.
-  [[ -f "$ROOT/build.rs" ]] && touch "$ROOT/build.rs"
+  # build.rs only reruns on its watched inputs, so a build made before nvcc was here keeps its
+  # kernel-less binary. Touch build.rs (the next build then compiles the kernels) only when such a
+  # build exists (its build-script output carries the "NOT built" warning): an install before the
+  # first build costs no rebuild.
+  tdir="${CARGO_TARGET_DIR:-$ROOT/target}"
+  if grep -qs "CUDA kernels NOT built" "$tdir"/*/build/fasp-engine-*/output; then
+    echo "setup-cuda: a build in $tdir has no CUDA kernels: touching build.rs so the next cargo build adds them"
+    touch "$ROOT/build.rs"
+  fi
 fi
 
 "$NVCC" --version | grep release
