@@ -244,8 +244,11 @@ const GEMMA3_LAYER: &[LayerTensor] = &[
     (Role::PostAttnNormW, "post_attention_layernorm.weight", "post_attention_norm.weight"),
     (Role::MlpNormW, "pre_feedforward_layernorm.weight", "ffn_norm.weight"),
     (Role::UpW, "mlp.up_proj.weight", "ffn_up.weight"),
+    (Role::UpB, "mlp.up_proj.bias", "ffn_up.bias"),
     (Role::GateW, "mlp.gate_proj.weight", "ffn_gate.weight"),
+    (Role::GateB, "mlp.gate_proj.bias", "ffn_gate.bias"),
     (Role::DownW, "mlp.down_proj.weight", "ffn_down.weight"),
+    (Role::DownB, "mlp.down_proj.bias", "ffn_down.bias"),
     (Role::PostMlpNormW, "post_feedforward_layernorm.weight", "post_ffw_norm.weight"),
 ];
 
