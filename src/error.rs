@@ -32,6 +32,12 @@ pub enum FaspError {
     Device(#[from] crate::backend::cuda::device::DeviceError),
     #[error("GGUF: {0}")]
     Gguf(String),
+    /// SIGINT / SIGTERM arrived (`crate::interrupt`); `code` is the exit status to use.
+    #[error("interrupted by {signal} while {during}")]
+    Interrupted { signal: &'static str, code: u8, during: String },
+    /// Another run holds the lock on the same output (`crate::output`).
+    #[error("output {path} is being written by another fasp-engine run (PID {pid}); wait for it to finish or choose another --out")]
+    Locked { path: PathBuf, pid: String },
 }
 
 pub type Result<T, E = FaspError> = std::result::Result<T, E>;

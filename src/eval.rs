@@ -96,6 +96,8 @@ pub fn perplexity(model: &Model, ids: &[u32], seqlen: usize, mut on_window: impl
         let part = &ids[c0 * seqlen..c1 * seqlen];
         let mut h = forward::embed(cfg, &emb, pos.as_ref(), part, seqlen);
         for l in 0..cfg.layers {
+            crate::interrupt::stage(format!("evaluating perplexity (windows {}-{} of {n}, layer {})", c0 + 1, c1, l + 1));
+            crate::interrupt::check()?;
             let lw = layers.get(l)?;
             h = forward::layer(cfg, &lw, &h, seqlen);
         }

@@ -40,6 +40,8 @@ pub struct PruneJob {
     pub progress: bool,
     /// Evaluate perplexity of the pruned model (and optionally the dense one) during the run.
     pub eval: Option<EvalSpec>,
+    /// `--resume`: continue an interrupted run on the same `--out` from its checkpoint.
+    pub resume: bool,
 }
 
 /// `prune --eval FILE`: perplexity of the pruned model, computed layer by layer alongside the
@@ -117,25 +119,42 @@ pub fn prune_and_eval(
     progress: Option<&indicatif::ProgressBar>,
     write: &mut dyn FnMut(usize, &crate::model::LayerWeights) -> Result<()>,
 ) -> Result<PrunedRun> {
+    prune_and_eval_resumed(model, windows, opts, backend, evals, None, progress, &mut |l, lw, _| write(l, lw))
+}
+
+/// `prune_and_eval` after the layers an interrupted run finished (`prune::prune_resumed`);
+/// `write` also receives each layer's record.
+#[allow(clippy::too_many_arguments)]
+pub fn prune_and_eval_resumed(
+    model: &Model,
+    windows: &calib::Windows,
+    opts: &PruneConfig,
+    backend: &mut dyn Backend,
+    evals: &[EvalSet],
+    resume: Option<prune::Resume<'_>>,
+    progress: Option<&indicatif::ProgressBar>,
+    write: &mut dyn FnMut(usize, &crate::model::LayerWeights, &prune::LayerReport) -> Result<()>,
+) -> Result<PrunedRun> {
     let cfg = &model.cfg;
     let (emb, pos) = (model.embedding()?, model.positions()?);
     let mut hidden: Vec<crate::tensor::Mat> =
         evals.iter().map(|e| crate::forward::embed(cfg, &emb, pos.as_ref(), &e.ids, e.seqlen)).collect();
     drop(emb);
     let mut eval_seconds = 0.0;
-    let mut report = prune::prune(
+    let mut report = prune::prune_resumed(
         model,
         &windows.ids,
         windows.seqlen,
         opts,
         backend,
-        &mut |l, lw, _| {
+        resume,
+        &mut |l, lw, r| {
             let t0 = Instant::now();
             for (h, e) in hidden.iter_mut().zip(evals) {
                 *h = crate::forward::layer(cfg, &lw, h, e.seqlen);
             }
             eval_seconds += t0.elapsed().as_secs_f64();
-            write(l, &lw)
+            write(l, &lw, r)
         },
         progress,
     )?;
@@ -197,10 +216,53 @@ pub fn backend_announced(device: Device, announce: bool) -> Result<Box<dyn Backe
     }
 }
 
+/// Test hooks, read from the environment: `FASP_TEST_STOP_AFTER_LAYER=n` kills the process
+/// (SIGKILL) right after layer n is checkpointed; `FASP_TEST_LAYER_DELAY_MS=t` sleeps t ms after
+/// each layer (so a test can signal a run mid-way).
+struct TestHooks {
+    stop_after: Option<usize>,
+    delay: Option<std::time::Duration>,
+}
+
+impl TestHooks {
+    fn from_env() -> TestHooks {
+        let num = |k: &str| std::env::var(k).ok().and_then(|v| v.parse::<u64>().ok());
+        TestHooks {
+            stop_after: num("FASP_TEST_STOP_AFTER_LAYER").map(|n| n as usize),
+            delay: num("FASP_TEST_LAYER_DELAY_MS").map(std::time::Duration::from_millis),
+        }
+    }
+    fn after_layer(&self, l: usize) {
+        if let Some(d) = self.delay {
+            std::thread::sleep(d);
+        }
+        if self.stop_after == Some(l) {
+            // SAFETY: kill(2) on this process; nothing runs after it.
+            unsafe {
+                libc::kill(libc::getpid(), libc::SIGKILL);
+            }
+            std::process::abort();
+        }
+    }
+}
+
 pub fn run_prune(job: &PruneJob) -> Result<PruneSummary> {
+    run_prune_inner(job).map_err(|e| match e {
+        crate::FaspError::Interrupted { signal, code, during } => crate::FaspError::Interrupted {
+            signal,
+            code,
+            during: format!("{during}; the unfinished output was removed and {} was not written", job.out.display()),
+        },
+        other => other,
+    })
+}
+
+fn run_prune_inner(job: &PruneJob) -> Result<PruneSummary> {
     let t_start = Instant::now();
+    crate::interrupt::stage("reading the model and calibration data");
     let model = Model::open(&job.model)?;
-    output::check_out(&job.out, &job.model, job.force)?;
+    // the lock on --out is held from here until the output is in place
+    let claim = output::OutClaim::acquire(&job.out, &job.model, job.force, job.resume)?;
     let tok = if calib::is_npy(&job.calib) { None } else { model.tokenizer()? };
     let windows = calib::calibration(&job.calib, tok.as_ref(), job.nsamples, job.seqlen, job.calib_seed, model.cfg.vocab)?;
     tracing::info!(windows = windows.n, seqlen = windows.seqlen, "calibration ready");
@@ -216,11 +278,52 @@ pub fn run_prune(job: &PruneJob) -> Result<PruneSummary> {
         _ => None,
     };
 
+    crate::interrupt::check()?;
+
     let dtype = job.dtype.unwrap_or_else(|| model.dtype());
-    let mut writer = ModelWriter::create(&job.out, &model, job.force, dtype, job.compact)?;
+    let fingerprint = crate::checkpoint::fingerprint(&model, &windows, &job.prune, &be.name())?;
+    let (tmp, ckpt) = match claim.resumable().first().cloned() {
+        Some(dir) if job.resume => {
+            // refused (and left in place) unless it was made by the same run
+            crate::checkpoint::Checkpoint::open(&dir, &fingerprint)?;
+            let tmp = claim.adopt(&dir)?;
+            let ckpt = crate::checkpoint::Checkpoint::open(tmp.path(), &fingerprint)?;
+            let msg = format!(
+                "--resume: {} of {} layers were finished by an interrupted run ({}); continuing from layer {}",
+                ckpt.done(),
+                model.cfg.layers,
+                dir.display(),
+                ckpt.done()
+            );
+            tracing::warn!("{msg}");
+            (tmp, ckpt)
+        }
+        _ => {
+            if job.resume {
+                tracing::warn!("--resume: no checkpoint of {} found; starting from the first layer", job.out.display());
+            }
+            let tmp = claim.create_tmp()?;
+            let ckpt = crate::checkpoint::Checkpoint::create(tmp.path(), &fingerprint)?;
+            (tmp, ckpt)
+        }
+    };
+    let resumed_from = ckpt.done();
+    let mut writer = ModelWriter::with_tmp(tmp, dtype, job.compact);
+    let hooks = TestHooks::from_env();
     let pb = job.progress.then(|| progress_bar(model.cfg.layers, &format!("pruning ({})", job.prune.method.name())));
-    let run =
-        prune_and_eval(&model, &windows, &job.prune, be.as_mut(), &evals, pb.as_ref(), &mut |l, lw| writer.write_layer(&model, l, lw))?;
+    let run = {
+        let ckpt = &ckpt;
+        let mut load = |l: usize| ckpt.load(&model, l);
+        let resume = (resumed_from > 0).then_some(prune::Resume { done: resumed_from, load: &mut load });
+        prune_and_eval_resumed(&model, &windows, &job.prune, be.as_mut(), &evals, resume, pb.as_ref(), &mut |l, lw, r| {
+            writer.write_layer(&model, l, lw)?;
+            if l >= resumed_from {
+                ckpt.save(l, lw, r)?;
+                hooks.after_layer(l);
+            }
+            Ok(())
+        })
+    }?;
     if let Some(pb) = &pb {
         pb.finish_and_clear();
     }
@@ -272,6 +375,12 @@ pub fn run_prune(job: &PruneJob) -> Result<PruneSummary> {
         })),
         "layers": layers,
     });
+    let mut fasp_json = fasp_json;
+    if resumed_from > 0 {
+        fasp_json["resumed_from_layer"] = resumed_from.into();
+    }
+    crate::interrupt::check()?;
+    crate::interrupt::stage("writing the output");
     writer.finish(&model, &job.out, Some(&fasp_json))?;
     Ok(PruneSummary {
         report,
@@ -313,6 +422,8 @@ pub fn run_convert(input: &Path, out: &Path, dtype: Option<DType>, force: bool) 
     let model = Model::open(input)?;
     let mut writer = ModelWriter::create(out, &model, force, dtype.unwrap_or(DType::F32), false)?;
     for l in 0..model.cfg.layers {
+        crate::interrupt::stage(format!("converting layer {} of {}", l + 1, model.cfg.layers));
+        crate::interrupt::check()?;
         writer.write_layer(&model, l, &model.layer(l)?)?;
     }
     let params = writer.param_counts(&model).0;

@@ -12,12 +12,14 @@
 pub mod backend;
 pub mod bench;
 pub mod calib;
+pub mod checkpoint;
 pub mod error;
 pub mod eval;
 pub mod forward;
 pub mod gguf;
 pub mod gguf_model;
 pub mod gguf_write;
+pub mod interrupt;
 pub mod job;
 pub mod kernels;
 pub mod math;

@@ -252,6 +252,12 @@ struct PruneArgs {
     /// Replace an existing --out directory.
     #[arg(long)]
     force: bool,
+    /// Continue an interrupted prune to the same --out from its last finished layer (every finished
+    /// layer is checkpointed in the temporary directory beside --out). The checkpoint must come
+    /// from the same model, calibration data, settings and backend, or it is refused. Without a
+    /// checkpoint the prune starts from the first layer.
+    #[arg(long)]
+    resume: bool,
     /// Also report the perplexity of the pruned model on this text or .npy file (computed during
     /// the run, layer by layer); with --eval-dense, of the dense model too.
     #[arg(long)]
@@ -377,6 +383,7 @@ fn prune(a: PruneArgs) -> Result<()> {
         force: a.force,
         progress: !a.quiet && !a.json,
         eval: a.eval.map(|path| job::EvalSpec { path, seqlen: a.eval_seqlen, max_windows: a.eval_windows, dense: a.eval_dense }),
+        resume: a.resume,
     };
     let s = job::run_prune(&job)?;
     if a.json {
@@ -530,6 +537,10 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .try_init();
     let cli = Cli::parse();
+    // SIGINT / SIGTERM stop the run between steps, removing its temporary output (exit 130 / 143)
+    if let Err(e) = fasp_engine::interrupt::install() {
+        tracing::warn!("cannot handle SIGINT/SIGTERM: {e}");
+    }
     let r = match cli.cmd {
         Cmd::Prune(a) => prune(a),
         Cmd::Eval(a) => eval(a),
@@ -547,7 +558,10 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
-            ExitCode::FAILURE
+            match e.downcast_ref::<fasp_engine::FaspError>() {
+                Some(fasp_engine::FaspError::Interrupted { code, .. }) => ExitCode::from(*code),
+                _ => ExitCode::FAILURE,
+            }
         }
     }
 }

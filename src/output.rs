@@ -16,10 +16,14 @@ use std::path::{Path, PathBuf};
 
 const SHARD_BYTES: usize = 2 << 30;
 
-/// A directory that is deleted on drop unless `keep` was called.
+/// A directory that is deleted on drop unless `keep` was called. It holds the lock on its
+/// `--out` (see `OutClaim`) until it is dropped.
 pub struct TempDir {
     path: PathBuf,
+    /// Where a replaced `--out` goes while the new one is renamed into place.
+    old: PathBuf,
     keep: bool,
+    _lock: Option<OutLock>,
 }
 
 impl TempDir {
@@ -33,6 +37,7 @@ impl Drop for TempDir {
         if !self.keep {
             let _ = std::fs::remove_dir_all(&self.path);
         }
+        crate::interrupt::unregister_temp(&self.path);
     }
 }
 
@@ -69,32 +74,233 @@ pub fn check_out(out: &Path, input: &Path, force: bool) -> Result<()> {
     Ok(())
 }
 
-/// `check_out`, then creates the temporary directory beside `out`.
-pub fn prepare_out(out: &Path, input: &Path, force: bool) -> Result<TempDir> {
-    check_out(out, input, force)?;
+/// The lock on one `--out`: the file `.NAME.lock` beside it, `flock`ed (exclusively) for as long
+/// as this value lives, holding the owner's PID. The kernel releases the lock when the process
+/// dies however it dies, so a killed run never blocks the next one; the file is removed on drop.
+pub struct OutLock {
+    path: PathBuf,
+    _file: std::fs::File,
+}
+
+impl OutLock {
+    /// Takes the lock on `out` or fails at once, naming the PID of the run holding it.
+    pub fn acquire(out: &Path) -> Result<OutLock> {
+        use std::io::Write;
+        use std::os::unix::fs::MetadataExt;
+        let (parent, name) = split_out(out)?;
+        let path = parent.join(format!(".{name}.lock"));
+        loop {
+            let mut file = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .open(&path)
+                .map_err(|e| FaspError::io(&path, e))?;
+            match file.try_lock() {
+                Ok(()) => {}
+                Err(std::fs::TryLockError::WouldBlock) => return Err(FaspError::Locked { path: out.into(), pid: lock_owner(&path) }),
+                Err(std::fs::TryLockError::Error(e)) => return Err(FaspError::io(&path, e)),
+            }
+            // the previous holder removes the file before it unlocks: if it did so between our
+            // open and lock, this lock is on a file nobody else will see; start over
+            let same = match (file.metadata(), std::fs::metadata(&path)) {
+                (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+                _ => false,
+            };
+            if !same {
+                continue;
+            }
+            file.set_len(0).and_then(|()| write!(file, "{}", std::process::id())).map_err(|e| FaspError::io(&path, e))?;
+            crate::interrupt::register_temp(&path);
+            return Ok(OutLock { path, _file: file });
+        }
+    }
+}
+
+impl Drop for OutLock {
+    fn drop(&mut self) {
+        // removed while still locked (the file is closed, and so unlocked, right after)
+        let _ = std::fs::remove_file(&self.path);
+        crate::interrupt::unregister_temp(&self.path);
+    }
+}
+
+/// The PID written in a lock file held by another run (it writes it right after locking).
+fn lock_owner(path: &Path) -> String {
+    for _ in 0..20 {
+        if let Ok(s) = std::fs::read_to_string(path) {
+            if !s.trim().is_empty() {
+                return s.trim().to_string();
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    "unknown".into()
+}
+
+/// `out`'s (canonical) parent directory and file name.
+fn split_out(out: &Path) -> Result<(PathBuf, String)> {
     let out_abs = absolute(out);
-    let parent = out_abs.parent().ok_or_else(|| out_err(out, "has no parent directory"))?;
-    let name = out_abs.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let tmp = parent.join(format!(".{name}.tmp-{}-{seq}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&tmp);
-    std::fs::create_dir(&tmp).map_err(|e| FaspError::io(&tmp, e))?;
-    Ok(TempDir { path: tmp, keep: false })
+    let parent = out_abs.parent().ok_or_else(|| out_err(out, "has no parent directory"))?.to_path_buf();
+    let name = out_abs.file_name().ok_or_else(|| out_err(out, "has no file name"))?.to_string_lossy().into_owned();
+    Ok((parent, name))
+}
+
+/// Whether process `pid` is running.
+fn pid_alive(pid: u32) -> bool {
+    let Ok(p) = i32::try_from(pid) else { return false };
+    if p <= 0 {
+        return false;
+    }
+    // SAFETY: kill with signal 0 sends nothing; it only checks that the process exists.
+    let r = unsafe { libc::kill(p, 0) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+}
+
+/// What a directory entry beside `--out` named `name` is, if it belongs to that output:
+/// `Some((is_temporary, owner PID))` for `.NAME.tmp-PID-N` and `.NAME.old-PID-N`, and
+/// `Some((false, None))` for the `.NAME.old` of earlier versions.
+fn leftover_kind(entry: &str, name: &str) -> Option<(bool, Option<u32>)> {
+    let rest = entry.strip_prefix('.')?.strip_prefix(name)?.strip_prefix('.')?;
+    if rest == "old" {
+        return Some((false, None));
+    }
+    let (tmp, rest) = match (rest.strip_prefix("tmp-"), rest.strip_prefix("old-")) {
+        (Some(r), _) => (true, r),
+        (_, Some(r)) => (false, r),
+        _ => return None,
+    };
+    let (pid, seq) = rest.split_once('-')?;
+    seq.parse::<usize>().ok()?;
+    Some((tmp, Some(pid.parse().ok()?)))
+}
+
+/// Permission to write one `--out`: the checks passed, the lock is held, and the leftovers of
+/// earlier runs on the same output whose process is gone were removed, except for temporary
+/// directories holding a checkpoint when a resume was asked for (`resumable`).
+pub struct OutClaim {
+    out: PathBuf,
+    parent: PathBuf,
+    name: String,
+    lock: OutLock,
+    resumable: Vec<PathBuf>,
+}
+
+impl OutClaim {
+    /// `check_out`, then the lock, then the stale leftovers (each removal is logged). With
+    /// `keep_checkpoints`, stale temporary directories holding a checkpoint are kept, newest first,
+    /// in `resumable`.
+    pub fn acquire(out: &Path, input: &Path, force: bool, keep_checkpoints: bool) -> Result<OutClaim> {
+        check_out(out, input, force)?;
+        let lock = OutLock::acquire(out)?;
+        let (parent, name) = split_out(out)?;
+        let mut resumable = Vec::new();
+        let entries = std::fs::read_dir(&parent).map_err(|e| FaspError::io(&parent, e))?;
+        for e in entries.flatten() {
+            let entry = e.file_name().to_string_lossy().into_owned();
+            let Some((is_tmp, owner)) = leftover_kind(&entry, &name) else { continue };
+            let path = parent.join(&entry);
+            if owner.is_some_and(|pid| pid == std::process::id() || pid_alive(pid)) || !path.is_dir() {
+                continue;
+            }
+            if keep_checkpoints && is_tmp && crate::checkpoint::present(&path) {
+                resumable.push(path);
+                continue;
+            }
+            let by = owner.map_or("an earlier run".to_string(), |p| format!("PID {p}, which is no longer running"));
+            match std::fs::remove_dir_all(&path) {
+                Ok(()) => tracing::warn!("removed {}, left behind by {by}", path.display()),
+                Err(err) => tracing::warn!("could not remove {}, left behind by {by}: {err}", path.display()),
+            }
+        }
+        resumable.sort_by_key(|p| std::cmp::Reverse(crate::checkpoint::modified(p)));
+        // the output may have changed before the lock was taken
+        check_out(out, input, force)?;
+        Ok(OutClaim { out: out.into(), parent, name, lock, resumable })
+    }
+
+    /// Stale temporary directories of this output holding a checkpoint, newest first (only with
+    /// `keep_checkpoints`).
+    pub fn resumable(&self) -> &[PathBuf] {
+        &self.resumable
+    }
+
+    fn fresh_names(&self) -> (PathBuf, PathBuf) {
+        static SEQ: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (name, pid) = (&self.name, std::process::id());
+        (self.parent.join(format!(".{name}.tmp-{pid}-{seq}")), self.parent.join(format!(".{name}.old-{pid}-{seq}")))
+    }
+
+    fn remove_resumable(&self, except: Option<&Path>) {
+        for p in self.resumable.iter().filter(|p| Some(p.as_path()) != except) {
+            match std::fs::remove_dir_all(p) {
+                Ok(()) => tracing::warn!("removed {}, left behind by an interrupted run", p.display()),
+                Err(err) => tracing::warn!("could not remove {}: {err}", p.display()),
+            }
+        }
+    }
+
+    /// Creates the (empty) temporary directory beside `out`; the other resumable directories
+    /// are removed.
+    pub fn create_tmp(self) -> Result<TempDir> {
+        self.remove_resumable(None);
+        let (tmp, old) = self.fresh_names();
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir(&tmp).map_err(|e| FaspError::io(&tmp, e))?;
+        crate::interrupt::register_temp(&tmp);
+        Ok(TempDir { path: tmp, old, keep: false, _lock: Some(self.lock) })
+    }
+
+    /// Takes over `dir` (one of `resumable`) as this run's temporary directory: renamed to this
+    /// process's name, and emptied but for its checkpoint. The other resumable ones are removed.
+    pub fn adopt(self, dir: &Path) -> Result<TempDir> {
+        self.remove_resumable(Some(dir));
+        let (tmp, old) = self.fresh_names();
+        std::fs::rename(dir, &tmp).map_err(|e| FaspError::io(dir, e))?;
+        crate::interrupt::register_temp(&tmp);
+        let t = TempDir { path: tmp, old, keep: false, _lock: Some(self.lock) };
+        for e in std::fs::read_dir(t.path()).map_err(|e| FaspError::io(t.path(), e))?.flatten() {
+            if e.file_name() == crate::checkpoint::DIR {
+                continue;
+            }
+            let p = e.path();
+            let r = if p.is_dir() { std::fs::remove_dir_all(&p) } else { std::fs::remove_file(&p) };
+            r.map_err(|err| FaspError::io(&p, err))?;
+        }
+        Ok(t)
+    }
+
+    pub fn out(&self) -> &Path {
+        &self.out
+    }
+}
+
+/// `OutClaim::acquire`, then creates the temporary directory beside `out`.
+pub fn prepare_out(out: &Path, input: &Path, force: bool) -> Result<TempDir> {
+    OutClaim::acquire(out, input, force, false)?.create_tmp()
 }
 
 /// Renames the finished temporary directory to `out` (replacing an old `out` under `--force`).
 pub fn commit_out(mut tmp: TempDir, out: &Path) -> Result<()> {
     let out_abs = absolute(out);
-    if out_abs.exists() {
-        let old = tmp.path.with_extension("old");
-        std::fs::rename(&out_abs, &old).map_err(|e| FaspError::io(&out_abs, e))?;
-        std::fs::rename(&tmp.path, &out_abs).map_err(|e| FaspError::io(&out_abs, e))?;
-        let _ = std::fs::remove_dir_all(&old);
-    } else {
-        std::fs::rename(&tmp.path, &out_abs).map_err(|e| FaspError::io(&out_abs, e))?;
-    }
-    tmp.keep = true;
+    crate::interrupt::critical(|| {
+        if out_abs.exists() {
+            std::fs::rename(&out_abs, &tmp.old).map_err(|e| FaspError::io(&out_abs, e))?;
+            if let Err(e) = std::fs::rename(&tmp.path, &out_abs) {
+                // put the old output back
+                let _ = std::fs::rename(&tmp.old, &out_abs);
+                return Err(FaspError::io(&out_abs, e));
+            }
+        } else {
+            std::fs::rename(&tmp.path, &out_abs).map_err(|e| FaspError::io(&out_abs, e))?;
+        }
+        tmp.keep = true;
+        crate::interrupt::unregister_temp(&tmp.path);
+        Ok(())
+    })?;
+    let _ = std::fs::remove_dir_all(&tmp.old);
     Ok(())
 }
 
@@ -186,9 +392,13 @@ impl ModelWriter {
     /// Validates `out` and creates the temporary directory. Call before the prune starts, so
     /// that a bad `--out` fails at once.
     pub fn create(out: &Path, model: &Model, force: bool, dtype: DType, compact: bool) -> Result<Self> {
-        let tmp = prepare_out(out, &model.path, force)?;
+        Ok(Self::with_tmp(prepare_out(out, &model.path, force)?, dtype, compact))
+    }
+
+    /// A writer into a temporary directory made by `OutClaim` (empty but for a checkpoint).
+    pub fn with_tmp(tmp: TempDir, dtype: DType, compact: bool) -> Self {
         let dir = tmp.path().to_path_buf();
-        Ok(ModelWriter {
+        ModelWriter {
             tmp,
             shards: ShardWriter { dir, pending: Vec::new(), pending_bytes: 0, shards: Vec::new(), total_bytes: 0, dtype },
             compact,
@@ -198,7 +408,7 @@ impl ModelWriter {
             down_bias_added: false,
             params_dense_equivalent: 0,
             params_compact: 0,
-        })
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -373,6 +583,10 @@ impl ModelWriter {
         }
         if let Some(rec) = fasp_json {
             write_json(&dir.join("fasp.json"), rec)?;
+        }
+        let ckpt = dir.join(crate::checkpoint::DIR);
+        if ckpt.exists() {
+            std::fs::remove_dir_all(&ckpt).map_err(|e| FaspError::io(&ckpt, e))?;
         }
         commit_out(self.tmp, out)
     }

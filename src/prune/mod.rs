@@ -9,4 +9,4 @@ pub mod score;
 pub mod select;
 
 pub use method::Method;
-pub use pipeline::{prune, LayerReport, PairReport, PruneConfig, PruneReport};
+pub use pipeline::{prune, prune_resumed, LayerReport, PairReport, PruneConfig, PruneReport, Resume};

@@ -15,7 +15,7 @@ use crate::forward;
 use crate::model::arch::attn_unit_columns;
 use crate::model::{LayerWeights, Linear, Model};
 use crate::tensor::Mat;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::time::Instant;
 
 #[derive(Clone, Debug, Serialize)]
@@ -36,7 +36,7 @@ impl Default for PruneConfig {
     }
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PairReport {
     /// Units of the pair (V rows, or intermediate channels).
     pub units: usize,
@@ -53,7 +53,7 @@ pub struct PairReport {
     pub recon_error_no_restore: f64,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LayerReport {
     pub layer: usize,
     pub attn: PairReport,
@@ -208,6 +208,30 @@ pub fn prune(
     sink: &mut dyn FnMut(usize, LayerWeights, &LayerReport) -> Result<()>,
     progress: Option<&indicatif::ProgressBar>,
 ) -> Result<PruneReport> {
+    prune_resumed(model, ids, seqlen, opts, backend, None, sink, progress)
+}
+
+/// The layers an interrupted run finished (`crate::checkpoint`): layers `0..done` are not pruned
+/// again; `load(l)` gives layer `l` as it was pruned, with its record.
+pub struct Resume<'a> {
+    pub done: usize,
+    pub load: &'a mut dyn FnMut(usize) -> Result<(LayerWeights, LayerReport)>,
+}
+
+/// `prune`, continuing after the layers in `resume`: the calibration states are rebuilt by the
+/// backend's forward steps through each finished layer (the calls an uninterrupted run makes,
+/// with the same weights), which is handed to `sink` as if it had just been pruned.
+#[allow(clippy::too_many_arguments)]
+pub fn prune_resumed(
+    model: &Model,
+    ids: &[u32],
+    seqlen: usize,
+    opts: &PruneConfig,
+    backend: &mut dyn Backend,
+    mut resume: Option<Resume<'_>>,
+    sink: &mut dyn FnMut(usize, LayerWeights, &LayerReport) -> Result<()>,
+    progress: Option<&indicatif::ProgressBar>,
+) -> Result<PruneReport> {
     let cfg = &model.cfg;
     if cfg.compact_v_units.is_some() {
         return Err(FaspError::Arg(format!("{} is already a FASP compact model; prune the original", model.path.display())));
@@ -244,7 +268,29 @@ pub fn prune(
     let mut reports = Vec::with_capacity(cfg.layers);
     // With a prefetching backend, layer l+1 is loaded before layer l's MLP half (see below).
     let mut next: Option<LayerWeights> = None;
+    let done = resume.as_ref().map_or(0, |r| r.done.min(cfg.layers));
     for l in 0..cfg.layers {
+        if let (Some(r), true) = (resume.as_mut(), l < done) {
+            crate::interrupt::stage(format!("rebuilding the calibration states through finished layer {} of {} (--resume)", l + 1, cfg.layers));
+            crate::interrupt::check()?;
+            let t0 = Instant::now();
+            let (pl, report) = (r.load)(l)?;
+            // the dense attention context comes from the layer as it was before pruning
+            backend.attn_stats(cfg, &model.layer(l)?)?;
+            backend.mlp_stats(cfg, &pl, &crate::model::arch::attn_columns(cfg, &pl.v_units))?;
+            backend.advance(cfg, &pl, &report.mlp.kept_units)?;
+            times.forward_stats += t0.elapsed().as_secs_f64();
+            let t0 = Instant::now();
+            sink(l, pl, &report)?;
+            times.write += t0.elapsed().as_secs_f64();
+            reports.push(report);
+            if let Some(pb) = progress {
+                pb.inc(1);
+            }
+            continue;
+        }
+        crate::interrupt::stage(format!("pruning layer {} of {}", l + 1, cfg.layers));
+        crate::interrupt::check()?;
         let t0 = Instant::now();
         let lw = match next.take() {
             Some(w) => w,
@@ -271,6 +317,7 @@ pub fn prune(
             times.load_weights += t0.elapsed().as_secs_f64();
         }
 
+        crate::interrupt::check()?;
         // 3-4: MLP pair, with the pruned attention
         let t0 = Instant::now();
         let h_mlp = backend.mlp_stats(cfg, &pl, &attn.cols)?;

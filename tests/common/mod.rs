@@ -55,6 +55,7 @@ pub fn job(model: &str, out: &Path, sparsity: f64) -> PruneJob {
         force: false,
         progress: false,
         eval: None,
+        resume: false,
     }
 }
 
