@@ -312,10 +312,10 @@ fn a_checkpoint_from_other_settings_or_input_is_refused() {
     let tmp_dirs = || hidden(dir.path()).into_iter().filter(|n| n.starts_with(".out.tmp-")).count();
     assert_eq!(tmp_dirs(), 1);
 
-    let o = prune(&model, &out, &["--resume", "--sparsity", "0.5"], &[]);
+    let o = prune(&model, &out, &["--resume", "--damp", "0.02"], &[]);
     let err = stderr(&o);
     assert_eq!(o.status.code(), Some(1), "{err}");
-    assert!(err.contains("refusing to resume") && err.contains("sparsity 0.25 there, 0.5 now"), "{err}");
+    assert!(err.contains("refusing to resume") && err.contains("damp 0.01 there, 0.02 now"), "{err}");
     assert_eq!(tmp_dirs(), 1, "a refused checkpoint is kept");
 
     let other = copy_model("llama-gqa", &dir.path().join("elsewhere"));
