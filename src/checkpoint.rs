@@ -102,8 +102,11 @@ fn mismatch(was: &Value, now: &Value) -> Option<String> {
     let k = keys.into_iter().find(|k| was.get(k) != now.get(k))?;
     let detail = match (was.get(k), now.get(k)) {
         (Some(Value::Object(a)), Some(Value::Object(b))) if k == "settings" => {
-            let diffs: Vec<String> =
-                b.iter().filter(|(f, v)| a.get(*f) != Some(v)).map(|(f, v)| format!("{f} {} there, {v} now", a.get(f).unwrap_or(&Value::Null))).collect();
+            let diffs: Vec<String> = b
+                .iter()
+                .filter(|(f, v)| a.get(*f) != Some(v))
+                .map(|(f, v)| format!("{f} {} there, {v} now", a.get(f).unwrap_or(&Value::Null)))
+                .collect();
             format!(": {}", diffs.join(", "))
         }
         (Some(a @ Value::String(_)), Some(b)) | (Some(a @ Value::Number(_)), Some(b)) => format!(": {a} there, {b} now"),
@@ -173,7 +176,8 @@ impl Checkpoint {
         let views = tensors
             .iter()
             .map(|(n, s, b)| {
-                let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b).map_err(|e| ck_err(&path, e.to_string()))?;
+                let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F32, s.clone(), b)
+                    .map_err(|e| ck_err(&path, e.to_string()))?;
                 Ok((n.clone(), v))
             })
             .collect::<Result<Vec<_>>>()?;

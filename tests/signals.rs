@@ -18,7 +18,8 @@ fn bin() -> Command {
 
 /// `prune` arguments for `model` (a fixture name or a path) into `out`.
 fn prune_args(model: &Path, out: &Path, extra: &[&str]) -> Vec<String> {
-    let mut a: Vec<String> = ["prune", "--model", model.to_str().unwrap(), "--out", out.to_str().unwrap()].iter().map(|s| s.to_string()).collect();
+    let mut a: Vec<String> =
+        ["prune", "--model", model.to_str().unwrap(), "--out", out.to_str().unwrap()].iter().map(|s| s.to_string()).collect();
     if !extra.contains(&"--calib") {
         a.extend(["--calib".to_string(), fixture("llama-gqa").join("calib_ids.npy").display().to_string()]);
     }
@@ -47,8 +48,12 @@ fn stderr(o: &Output) -> String {
 
 /// The names in `dir` that start with a dot (temporary, old, lock files).
 fn hidden(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> =
-        std::fs::read_dir(dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with('.')).collect();
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
     v.sort();
     v
 }
@@ -58,7 +63,8 @@ fn wait_for_layer(dir: &Path, l: usize, child: &mut Child) {
     let t0 = Instant::now();
     loop {
         let found = std::fs::read_dir(dir).unwrap().flatten().any(|e| {
-            e.file_name().to_string_lossy().contains(".tmp-") && e.path().join(".checkpoint").join(format!("layer-{l:05}.safetensors")).is_file()
+            e.file_name().to_string_lossy().contains(".tmp-")
+                && e.path().join(".checkpoint").join(format!("layer-{l:05}.safetensors")).is_file()
         });
         if found {
             return;

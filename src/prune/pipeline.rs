@@ -271,7 +271,11 @@ pub fn prune_resumed(
     let done = resume.as_ref().map_or(0, |r| r.done.min(cfg.layers));
     for l in 0..cfg.layers {
         if let (Some(r), true) = (resume.as_mut(), l < done) {
-            crate::interrupt::stage(format!("rebuilding the calibration states through finished layer {} of {} (--resume)", l + 1, cfg.layers));
+            crate::interrupt::stage(format!(
+                "rebuilding the calibration states through finished layer {} of {} (--resume)",
+                l + 1,
+                cfg.layers
+            ));
             crate::interrupt::check()?;
             let t0 = Instant::now();
             let (pl, report) = (r.load)(l)?;
