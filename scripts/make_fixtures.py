@@ -563,7 +563,7 @@ def roundtrip(binary):
             for method in ROUNDTRIP_METHODS:
                 out = os.path.join(tmp, method)
                 cmd = [binary, "prune", "--model", fix, "--calib", os.path.join(fix, "calib_ids.npy"),
-                       "--sparsity", str(SPARSITY), "--method", method, "--out", out]
+                       "--sparsity", str(SPARSITY), "--method", method, "--device", "cpu", "--out", out]
                 subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
                 model = load_written(cls, out)
                 # every tensor of the written file is a parameter of the loaded model (nothing dropped)
