@@ -136,7 +136,7 @@ fn compact_form_gives_the_dense_equivalent_logits() {
 fn written_output_gives_transformers_logits() {
     for name in FAMILIES {
         let dir = tempfile::tempdir().unwrap();
-        for (method, key) in [(Method::Fasp, "hf_fasp_logits"), (Method::Flap, "hf_flap_logits"), (Method::WandaSp, "hf_wanda_sp_logits")] {
+        for (method, key) in [(Method::Fasp, "hf_fasp_logits"), (Method::Flap, "hf_flap_logits")] {
             let out = dir.path().join(method.name());
             prune(name, &out, method, true, false);
             if method == Method::Flap && *name != "llama3" {
