@@ -201,9 +201,9 @@ pub fn backend_announced(device: Device, announce: bool) -> Result<Box<dyn Backe
 
 pub fn run_prune(job: &PruneJob) -> Result<PruneSummary> {
     let t_start = Instant::now();
-    let mut inputs: Vec<(&str, &Path)> = vec![("input model", &job.model), ("calibration file", &job.calib)];
+    let mut inputs: Vec<(&str, &Path)> = vec![("input model", job.model.as_path()), ("calibration file", job.calib.as_path())];
     if let Some(e) = &job.eval {
-        inputs.push(("evaluation file", &e.path));
+        inputs.push(("evaluation file", e.path.as_path()));
     }
     output::check_out_vs_inputs(&job.out, &inputs)?;
     let model = Model::open(&job.model)?;
