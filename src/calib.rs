@@ -123,7 +123,7 @@ pub fn read_npy(path: &Path, role: Role) -> Result<Tokens> {
         return Err(not_int());
     }
     if let Some((data, _, count)) = layout {
-        let need = count.checked_mul(ts.size_field() as u64);
+        let need = count.checked_mul(ts.size_field());
         let have = (bytes.len() - data) as u64;
         if need.is_none_or(|n| n > have) {
             return Err(err(format!(
@@ -260,5 +260,29 @@ mod tests {
             assert!(w.windows(2).all(|p| p[1] == p[0] + 1), "windows are contiguous slices");
         }
         assert!(sample_windows(&stream[..10], 1, 16, 0).is_err());
+    }
+
+    fn npy(shape: &str, data: usize) -> Vec<u8> {
+        let dict = format!("{{'descr': '<i8', 'fortran_order': False, 'shape': {shape}, }}\n");
+        let mut b = b"\x93NUMPY\x01\x00".to_vec();
+        b.extend_from_slice(&(dict.len() as u16).to_le_bytes());
+        b.extend_from_slice(dict.as_bytes());
+        b.resize(b.len() + data, 0);
+        b
+    }
+
+    #[test]
+    fn npy_sizes_are_checked_before_npyz_multiplies_them() {
+        let b = npy("(3, 4)", 96);
+        let (data, shape, count) = npy_layout(&b).unwrap().unwrap();
+        assert_eq!((data, shape, count), (b.len() - 96, vec![3, 4], 12));
+        assert_eq!(npy_layout(&npy("(5,)", 0)).unwrap().unwrap().2, 5);
+        // (2^63 + 1) * 2 wraps to 2 in u64 arithmetic
+        assert!(npy_layout(&npy("(9223372036854775809, 2)", 16)).unwrap_err().contains("more elements than fit"));
+        assert!(npy_layout(&npy("(-1, 2)", 16)).unwrap_err().contains("decimal integers"));
+        let b = npy("(3, 4)", 0);
+        assert!(npy_layout(&b[..20]).unwrap_err().contains("the header needs"));
+        // not a .npy: left to npyz to describe
+        assert!(npy_layout(b"hello, world").unwrap().is_none());
     }
 }

@@ -161,8 +161,8 @@ fn parse_rope(what: &str, obj: &Value, theta: f32) -> Result<Rope> {
         Err(_) => return Err(wrong(&key("rope_type"), "a string", &obj["rope_type"])),
     };
     let theta = match f.f64("rope_theta").map_err(|_| wrong(&key("rope_theta"), "a number", &obj["rope_theta"]))? {
-        Some(t) if t > 0.0 => t as f32,
-        Some(t) => return Err(FaspError::Arg(format!("\"{}\" must be positive, got {t}", key("rope_theta")))),
+        Some(t) if t > 0.0 && (t as f32).is_finite() => t as f32,
+        Some(t) => return Err(FaspError::Arg(format!("\"{}\" must be a positive number within f32 range, got {t}", key("rope_theta")))),
         None => theta,
     };
     let num = |k: &str| -> Result<f32> {
@@ -547,6 +547,9 @@ mod tests {
             ("attention_bias", json!(1)),
             ("rope_theta", json!([1])),
             ("head_dim", json!(-8)),
+            // positive in f64 but 0 or infinite in f32
+            ("rms_norm_eps", json!(1e-60)),
+            ("rope_theta", json!(1e300)),
         ] {
             let mut c = base();
             c[key] = val.clone();
