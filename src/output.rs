@@ -69,6 +69,48 @@ pub fn check_out(out: &Path, input: &Path, force: bool) -> Result<()> {
     Ok(())
 }
 
+/// Refuses an `out` that overlaps an input, with or without `--force`: `out` may not be an input,
+/// contain one (replacing it would delete it) or lie inside an input directory (it would write
+/// into the input model). `inputs` are (what, path) pairs, e.g. ("calibration file", calib); a
+/// directory input (an HF model) counts with every entry in it, so that symlinked shards or
+/// tokenizer files (as in the Hugging Face cache) are compared where they really live.
+pub fn check_out_vs_inputs(out: &Path, inputs: &[(&str, &Path)]) -> Result<()> {
+    // the lexical absolute form and, when it exists, where it resolves to
+    let mut out_forms = vec![absolute(out)];
+    if let Ok(c) = std::fs::canonicalize(out) {
+        out_forms.push(c);
+    }
+    let mut checks: Vec<(String, PathBuf, bool)> = Vec::new();
+    for &(what, input) in inputs {
+        let is_dir = input.is_dir();
+        for p in [absolute(input), std::fs::canonicalize(input).unwrap_or_else(|_| absolute(input))] {
+            checks.push((format!("{what} {}", input.display()), p, is_dir));
+        }
+        if is_dir {
+            for e in std::fs::read_dir(input).into_iter().flatten().flatten() {
+                if let Ok(c) = std::fs::canonicalize(e.path()) {
+                    checks.push((format!("{what} {} ({})", input.display(), e.file_name().to_string_lossy()), c, false));
+                }
+            }
+        }
+    }
+    for o in &out_forms {
+        for (what, p, is_dir) in &checks {
+            let msg = if o == p {
+                format!("refusing to write over the {what}; choose another --out")
+            } else if p.starts_with(o) {
+                format!("contains the {what}; choose another --out (replacing it would delete the input)")
+            } else if *is_dir && o.starts_with(p) {
+                format!("is inside the {what}; choose another --out")
+            } else {
+                continue;
+            };
+            return Err(out_err(out, msg));
+        }
+    }
+    Ok(())
+}
+
 /// `check_out`, then creates the temporary directory beside `out`.
 pub fn prepare_out(out: &Path, input: &Path, force: bool) -> Result<TempDir> {
     check_out(out, input, force)?;
