@@ -17,6 +17,9 @@ pub enum FaspError {
     Tensor { name: String, msg: String },
     #[error("calibration: {0}")]
     Calib(String),
+    /// An evaluation token file (`eval --text/--tokens`, `prune --eval`, `sweep --eval`).
+    #[error("evaluation: {0}")]
+    Eval(String),
     #[error("invalid argument: {0}")]
     Arg(String),
     #[error("layer {layer}, {pair} pair: {msg}")]
@@ -38,6 +41,9 @@ pub enum FaspError {
     /// Another run holds the lock on the same output (`crate::output`).
     #[error("output {path} is being written by another fasp-engine run (PID {pid}); wait for it to finish or choose another --out")]
     Locked { path: PathBuf, pid: String },
+    /// A GGUF reader error; its message names the file already.
+    #[error(transparent)]
+    GgufFile(#[from] crate::gguf::GgufError),
 }
 
 pub type Result<T, E = FaspError> = std::result::Result<T, E>;
