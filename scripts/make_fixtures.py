@@ -4,7 +4,7 @@
 Creates three tiny random-weight HF models (OPT, LLaMA MHA, LLaMA GQA), a tiny
 byte-level BPE tokenizer, calibration / eval text, and reference values computed
 with transformers (dense logits) and with an independent torch implementation of
-FASP as pinned in FASP-SPEC.md sections 2-7.
+FASP as pinned in docs/spec.md §2-§7.
 
 Run through scripts/make-fixtures.sh (which pins the Python environment).
 """
