@@ -33,7 +33,7 @@ echo "demo: what this means: 20% of the attention value units and MLP channels o
 echo "demo:   without retraining (fewer of the parameters: embeddings, norms and Q/K stay); 'ppl change' is the cost."
 echo "demo:   Calibration was ${DEMO_NSAMPLES:-32} x ${DEMO_SEQLEN:-256} tokens; the default 32 x 256 runs in about a minute on 2 cores. At 20% it measured"
 echo "demo:   46.8 with FASP's restoration against 48.7 without it (dense 26.8, 8 windows). 128 x 256 is where"
-echo "demo:   restoration clearly helps (41.5 against 46.7) but its prune alone took 145 s on an idle 2-core machine:"
+echo "demo:   restoration clearly helps (41.5 against 46.7), but a prune with it took 145 s on an idle 2-core machine:"
 echo "demo:   DEMO_NSAMPLES=128 scripts/demo.sh. Methods, sparsities and calibration sizes compared: docs/accuracy.md."
 echo "demo: the pruned model, $(du -sh --si "$out" | cut -f1)B (an HF directory in the input's dtype; transformers loads it"
 echo "demo:   with AutoModelForCausalLM.from_pretrained): $out"

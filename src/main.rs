@@ -617,7 +617,8 @@ fn main() -> ExitCode {
         Cmd::Report(a) => report(a),
         Cmd::Convert(a) => job::run_convert(&a.gguf, &a.out, a.dtype, a.force)
             .map(|n| {
-                println!("wrote {} ({n} parameters)", a.out.display());
+                let size = fasp_engine::output::dir_bytes(&a.out).map_or_else(|e| format!("size unknown: {e}"), human_bytes);
+                println!("wrote {} ({n} parameters, {size})", a.out.display());
             })
             .map_err(Into::into),
         Cmd::Bench(a) => bench(a),

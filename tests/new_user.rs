@@ -161,7 +161,7 @@ fn prune_follows_the_input_dtype_reports_size_time_and_what_sparsity_means() {
     assert_eq!(safetensors_dtypes(&again.join("model.safetensors")), ["F16"]);
     let last = out.lines().last().unwrap();
     let bytes = fasp_engine::output::dir_bytes(&again).unwrap();
-    assert!(last.starts_with(&format!("wrote {}", again.display())) && last.contains("f16, the input's"), "{last}");
+    assert!(last.starts_with(&format!("wrote {}", again.display())) && last.contains("float16, the input's"), "{last}");
     assert!(last.contains(&format!("{:.1} kB", bytes as f64 / 1e3)), "{last} (the directory holds {bytes} bytes)");
     assert!(out.contains("--sparsity 0.3 removes that fraction of the units of every pruned pair"), "{out}");
     assert!(out.contains("embeddings, norms, the LM head and Q/K are never pruned"), "{out}");
@@ -174,7 +174,7 @@ fn prune_follows_the_input_dtype_reports_size_time_and_what_sparsity_means() {
     assert!((sum - total).abs() <= 0.005 * (parts.len() + 1) as f64 + 1e-9, "phases add up to {sum}, total {total}");
     // fasp.json records the dtype it wrote
     let rec: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(again.join("fasp.json")).unwrap()).unwrap();
-    assert_eq!(rec["settings"]["dtype"], "f16");
+    assert_eq!(rec["settings"]["dtype"], "float16");
 }
 
 #[test]
@@ -188,7 +188,7 @@ fn a_quantized_gguf_becomes_f16_and_inspect_says_so() {
     let out = tmp.path().join("pruned");
     let stdout = ok(args!["prune", "--model", &gguf, "--out", &out, "--calib", &calib, "--nsamples", "4", "--seqlen", "8", "-q"]);
     assert_eq!(safetensors_dtypes(&out.join("model.safetensors")), ["F16"]);
-    assert!(stdout.lines().last().unwrap().contains("f16, the input's"), "{stdout}");
+    assert!(stdout.lines().last().unwrap().contains("float16, the input's"), "{stdout}");
     let conv = tmp.path().join("converted");
     ok(args!["convert", "--gguf", &gguf, "--out", &conv]);
     assert_eq!(safetensors_dtypes(&conv.join("model.safetensors")), ["F16"]);
@@ -196,7 +196,7 @@ fn a_quantized_gguf_becomes_f16_and_inspect_says_so() {
     ok(args!["convert", "--gguf", &gguf, "--out", &conv32, "--dtype", "f32"]);
     assert_eq!(safetensors_dtypes(&conv32.join("model.safetensors")), ["F32"]);
     let info = ok(args!["inspect", "--model", &gguf]);
-    assert!(info.contains("dtype          f16 when written (GGUF storage: ") && info.contains("Q8_0 x "), "{info}");
+    assert!(info.contains("dtype          float16 when written (GGUF storage: ") && info.contains("Q8_0 x "), "{info}");
 }
 
 #[test]
