@@ -431,7 +431,9 @@ fn prune(a: PruneArgs) -> Result<()> {
     if let (Some(d), Some(p)) = (&s.ppl_dense, &s.ppl_pruned) {
         println!("ppl change: {:+.2}%", 100.0 * (p.ppl / d.ppl - 1.0));
     }
-    let dtype = job.dtype.map_or_else(|| format!("{}, the input's", s.fasp_json["settings"]["dtype"].as_str().unwrap_or("?")), |d| d.name().to_string());
+    let dtype = job
+        .dtype
+        .map_or_else(|| format!("{}, the input's", s.fasp_json["settings"]["dtype"].as_str().unwrap_or("?")), |d| d.name().to_string());
     match fasp_engine::output::dir_bytes(&job.out) {
         Ok(bytes) => println!("wrote {} ({}, {})", job.out.display(), human_bytes(bytes), dtype),
         Err(e) => println!("wrote {} (size unknown: {e})", job.out.display()),

@@ -87,6 +87,9 @@ pub struct LayerRecord {
     pub mlp_kept_units: Option<Vec<u64>>,
 }
 
+/// The smallest and largest count over the layers.
+pub type Range = Option<(usize, usize)>;
+
 impl FaspRecord {
     /// Parses a record from its JSON text; `what` names it in errors (usually the path).
     pub fn from_slice(bytes: &[u8], what: &Path) -> Result<FaspRecord> {
@@ -109,9 +112,9 @@ impl FaspRecord {
     }
 
     /// (min, max) kept units over the layers for attention and the MLP, when recorded.
-    pub fn kept_range(&self) -> (Option<(usize, usize)>, Option<(usize, usize)>) {
+    pub fn kept_range(&self) -> (Range, Range) {
         let range = |f: &dyn Fn(&LayerRecord) -> Option<usize>| {
-            self.layers.iter().filter_map(f).fold(None, |acc: Option<(usize, usize)>, n| match acc {
+            self.layers.iter().filter_map(f).fold(None, |acc: Range, n| match acc {
                 None => Some((n, n)),
                 Some((lo, hi)) => Some((lo.min(n), hi.max(n))),
             })
@@ -155,7 +158,7 @@ impl FaspRecord {
             out.push(line);
         }
         let (attn, mlp) = self.kept_range();
-        let show = |r: Option<(usize, usize)>| match r {
+        let show = |r: Range| match r {
             Some((lo, hi)) if lo == hi => format!("{lo}"),
             Some((lo, hi)) => format!("{lo}..{hi}"),
             None => "?".into(),
@@ -192,7 +195,7 @@ impl FaspRecord {
     /// The summary as JSON for `inspect --json`.
     pub fn summary_json(&self) -> serde_json::Value {
         let (attn, mlp) = self.kept_range();
-        let range = |r: Option<(usize, usize)>| r.map(|(lo, hi)| serde_json::json!([lo, hi]));
+        let range = |r: Range| r.map(|(lo, hi)| serde_json::json!([lo, hi]));
         serde_json::json!({
             "engine": self.engine,
             "version": self.version,
@@ -239,9 +242,12 @@ mod tests {
 
     #[test]
     fn a_wrong_type_or_another_engine_is_an_error_naming_it() {
-        let e = FaspRecord::from_slice(br#"{"engine":"fasp-engine","version":"0.1.0","settings":{"sparsity":"high"}}"#, Path::new("x/fasp.json"))
-            .unwrap_err()
-            .to_string();
+        let e = FaspRecord::from_slice(
+            br#"{"engine":"fasp-engine","version":"0.1.0","settings":{"sparsity":"high"}}"#,
+            Path::new("x/fasp.json"),
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("x/fasp.json") && e.contains("invalid type"), "{e}");
         let e = FaspRecord::from_slice(br#"{"engine":"other","version":"1"}"#, Path::new("f")).unwrap_err().to_string();
         assert!(e.contains("not a fasp-engine record"), "{e}");

@@ -149,14 +149,43 @@ fn prune_follows_the_input_dtype_reports_size_time_and_what_sparsity_means() {
     let eval = fixture("eval.txt");
     // an explicit --dtype f16 ...
     ok(args![
-        "prune", "--model", &fixture("llama-gqa"), "--out", &f16_model, "--calib", &calib, "--sparsity", "0.25",
-        "--dtype", "f16", "-q"
+        "prune",
+        "--model",
+        &fixture("llama-gqa"),
+        "--out",
+        &f16_model,
+        "--calib",
+        &calib,
+        "--sparsity",
+        "0.25",
+        "--dtype",
+        "f16",
+        "-q"
     ]);
     assert_eq!(safetensors_dtypes(&f16_model.join("model.safetensors")), ["F16"]);
     // ... and an f16 input stays f16 by default, with every phase of the run in the time line
     let out = ok(args![
-        "prune", "--model", &f16_model, "--out", &again, "--calib", &fixture("calib.txt"), "--nsamples", "4", "--seqlen",
-        "16", "--sparsity", "0.3", "--eval", &eval, "--eval-seqlen", "16", "--eval-windows", "4", "--eval-dense", "-q"
+        "prune",
+        "--model",
+        &f16_model,
+        "--out",
+        &again,
+        "--calib",
+        &fixture("calib.txt"),
+        "--nsamples",
+        "4",
+        "--seqlen",
+        "16",
+        "--sparsity",
+        "0.3",
+        "--eval",
+        &eval,
+        "--eval-seqlen",
+        "16",
+        "--eval-windows",
+        "4",
+        "--eval-dense",
+        "-q"
     ]);
     assert_eq!(safetensors_dtypes(&again.join("model.safetensors")), ["F16"]);
     let last = out.lines().last().unwrap();
@@ -205,8 +234,23 @@ fn inspect_summarises_how_a_model_was_pruned() {
     let out = tmp.path().join("pruned");
     let calib = fixture("llama-gqa").join("calib_ids.npy");
     ok(args![
-        "prune", "--model", &fixture("llama-gqa"), "--out", &out, "--calib", &calib, "--sparsity", "0.25", "--eval",
-        &fixture("eval.txt"), "--eval-seqlen", "16", "--eval-windows", "2", "--eval-dense", "-q"
+        "prune",
+        "--model",
+        &fixture("llama-gqa"),
+        "--out",
+        &out,
+        "--calib",
+        &calib,
+        "--sparsity",
+        "0.25",
+        "--eval",
+        &fixture("eval.txt"),
+        "--eval-seqlen",
+        "16",
+        "--eval-windows",
+        "2",
+        "--eval-dense",
+        "-q"
     ]);
     let text = ok(args!["inspect", "--model", &out]);
     // llama-gqa: 3 layers, 2 KV heads of 32 (64 V units), ffn 96; at 0.25 keep 48 and 72
