@@ -7,9 +7,8 @@
 
 use super::method::Method;
 use super::plan::{kept_count, PairKind};
-use super::restore::{self, Restored};
 use super::select::complement;
-use crate::backend::{Backend, PairStats};
+use crate::backend::{Backend, PairJob, PrunedPair, Scoring, StatsSummary};
 use crate::error::{FaspError, Result};
 use crate::forward;
 use crate::model::arch::attn_unit_columns;
@@ -70,6 +69,14 @@ pub struct PhaseTimes {
     pub write: f64,
 }
 
+impl PhaseTimes {
+    /// A pair's time, as the backend split it (score + select, restore + errors).
+    fn add_pair(&mut self, p: &PrunedPair) {
+        self.score_select += p.seconds.score_select;
+        self.restore += p.seconds.restore;
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct PruneReport {
     pub layers: Vec<LayerReport>,
@@ -111,82 +118,65 @@ struct PairOutcome {
     report: PairReport,
     /// Kept W1 rows (V rows or intermediate channels), increasing.
     rows: Vec<usize>,
-    /// `S`: kept W2 columns, increasing.
-    cols: Vec<usize>,
-    restored: Restored,
+    /// What the backend returned (`S`, `W2'`, λ, errors).
+    pair: PrunedPair,
     /// FLAP's bias compensation `W2[:,P] · mean(X_P)`.
     bias_delta: Option<Vec<f32>>,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn prune_pair(
-    backend: &dyn Backend,
+/// The job of one pair: scores on the host from the summary unless the method is FASP (then the
+/// backend scores on its own data).
+fn pair_job<'a>(
     layer: usize,
     kind: PairKind,
-    w2: &Mat,
-    stats: &PairStats,
-    units: &Units,
+    w2: &'a Linear,
+    summary: &StatsSummary,
+    units: &'a Units,
     sparsity: f64,
     opts: &PruneConfig,
-    times: &mut PhaseTimes,
-) -> Result<PairOutcome> {
-    let pair_err = |msg: String| FaspError::Pair { layer, pair: kind.name(), msg };
-    let n_units = units.cols.len();
-    let k = kept_count(n_units, sparsity).map_err(|e| pair_err(e.to_string()))?;
-    let t0 = Instant::now();
-    let colscore = if opts.method == Method::Fasp {
-        backend.column_scores(w2, &stats.h.diag())?
+) -> Result<PairJob<'a>> {
+    let k = kept_count(units.cols.len(), sparsity).map_err(|e| FaspError::Pair { layer, pair: kind.name(), msg: e.to_string() })?;
+    let scoring = if opts.method == Method::Fasp {
+        Scoring::Fasp
     } else {
         let seed = opts.seed ^ ((layer as u64) << 8) ^ (kind as u64);
-        opts.method.column_scores(w2, stats, seed)
+        Scoring::Columns(opts.method.column_scores(&w2.w, summary, seed))
     };
-    let scores = super::score::unit_scores(&colscore, &units.cols);
-    let kept_units = backend.top_k(&scores, k).map_err(pair_err)?;
-    let mut rows: Vec<usize> = kept_units.iter().flat_map(|&u| units.rows[u].iter().copied()).collect();
+    Ok(PairJob { layer, w2, unit_cols: &units.cols, k, scoring, restore: opts.method.restores() && opts.restore, damp: opts.damp })
+}
+
+/// The host's part after the backend pruned a pair: W1 rows of the kept units, FLAP's bias
+/// compensation, the report.
+fn finish_pair(pair: PrunedPair, w2: &Mat, summary: &StatsSummary, units: &Units, opts: &PruneConfig) -> PairOutcome {
+    let mut rows: Vec<usize> = pair.kept_units.iter().flat_map(|&u| units.rows[u].iter().copied()).collect();
     rows.sort_unstable();
-    let mut cols: Vec<usize> = kept_units.iter().flat_map(|&u| units.cols[u].iter().copied()).collect();
-    cols.sort_unstable();
-    let pruned = complement(&cols, w2.cols);
-    times.score_select += t0.elapsed().as_secs_f64();
-
-    let t0 = Instant::now();
-    let restored = if opts.method.restores() && opts.restore {
-        backend.restore(w2, &stats.h, &cols, &pruned, opts.damp).map_err(pair_err)?
-    } else {
-        restore::no_restore(w2, &stats.h, &cols, &pruned, opts.damp)
-    };
+    let pruned = complement(&pair.cols, w2.cols);
     let bias_delta = (opts.method.bias_compensation() && !pruned.is_empty()).then(|| {
-        let t = stats.tokens.max(1) as f64;
-        (0..w2.rows).map(|i| pruned.iter().map(|&j| w2.data[i * w2.cols + j] as f64 * stats.col_sum[j] / t).sum::<f64>() as f32).collect()
+        let t = summary.tokens.max(1) as f64;
+        (0..w2.rows).map(|i| pruned.iter().map(|&j| w2.data[i * w2.cols + j] as f64 * summary.col_sum[j] / t).sum::<f64>() as f32).collect()
     });
-    times.restore += t0.elapsed().as_secs_f64();
-
     // errors come from the restoration's own products (see restore.rs); FLAP's bias
     // compensation is not included in them
-    let (recon_error, recon_error_no_restore) = (restored.err2.sqrt(), restored.err2_no_restore.sqrt());
-    Ok(PairOutcome {
-        report: PairReport {
-            units: n_units,
-            kept: rows.len(),
-            kept_units: rows.clone(),
-            lambda: restored.lambda,
-            damp: restored.damp,
-            cholesky_retries: restored.retries,
-            recon_error,
-            recon_error_no_restore,
-        },
-        rows,
-        cols,
-        restored,
-        bias_delta,
-    })
+    let report = PairReport {
+        units: units.cols.len(),
+        kept: rows.len(),
+        kept_units: rows.clone(),
+        lambda: pair.lambda,
+        damp: pair.damp,
+        cholesky_retries: pair.retries,
+        recon_error: pair.err2.sqrt(),
+        recon_error_no_restore: pair.err2_no_restore.sqrt(),
+    };
+    PairOutcome { report, rows, pair, bias_delta }
 }
 
 fn gather_linear_rows(l: &Linear, rows: &[usize]) -> Linear {
     Linear { w: l.w.gather_rows(rows), b: l.b.as_ref().map(|b| rows.iter().map(|&r| b[r]).collect()) }
 }
 
-fn updated_w2(old: &Linear, out: &PairOutcome) -> Linear {
+/// `W2'` (moved out of the outcome: the backend may recognise it as the copy it keeps) with the
+/// old bias, plus FLAP's compensation.
+fn updated_w2(old: &Linear, out: &mut PairOutcome) -> Linear {
     let mut b = old.b.clone();
     if let Some(delta) = &out.bias_delta {
         let bb = b.get_or_insert_with(|| vec![0.0; delta.len()]);
@@ -194,7 +184,7 @@ fn updated_w2(old: &Linear, out: &PairOutcome) -> Linear {
             *x += *d;
         }
     }
-    Linear { w: out.restored.w2.clone(), b }
+    Linear { w: std::mem::replace(&mut out.pair.w2, Mat::zeros(0, 0)), b }
 }
 
 /// Prunes every layer of `model` with the calibration windows `ids` (`[N, seqlen]` flattened).
@@ -237,7 +227,7 @@ pub fn prune(
     let mut times = PhaseTimes::default();
     let t0 = Instant::now();
     let inps = forward::embed(cfg, &model.embedding()?, model.positions()?.as_ref(), ids, seqlen);
-    backend.begin(inps, seqlen)?;
+    let mut input = backend.begin(inps, seqlen)?;
     times.embed = t0.elapsed().as_secs_f64();
 
     let attn_u = attn_units(model, opts.method.whole_heads());
@@ -254,13 +244,16 @@ pub fn prune(
 
         // 1-2: attention pair
         let t0 = Instant::now();
-        let h_attn = backend.attn_stats(cfg, &lw)?;
+        let st = backend.attn_stats(input, cfg, &lw)?;
         times.forward_stats += t0.elapsed().as_secs_f64();
         let attn_sparsity = if opts.skip_attn { 0.0 } else { opts.sparsity };
-        let attn = prune_pair(&*backend, l, PairKind::Attn, &lw.o.w, &h_attn, &attn_u, attn_sparsity, opts, &mut times)?;
-        drop(h_attn);
-        let mut pl =
-            LayerWeights { v: gather_linear_rows(&lw.v, &attn.rows), o: updated_w2(&lw.o, &attn), v_units: attn.rows.clone(), ..lw };
+        let summary = st.summary.clone();
+        let job = pair_job(l, PairKind::Attn, &lw.o, &summary, &attn_u, attn_sparsity, opts)?;
+        let pruned = backend.prune_attn(st, &job)?;
+        times.add_pair(&pruned.pair);
+        let mut attn = finish_pair(pruned.pair, &lw.o.w, &summary, &attn_u, opts);
+        let o = updated_w2(&lw.o, &mut attn);
+        let mut pl = LayerWeights { v: gather_linear_rows(&lw.v, &attn.rows), o, v_units: attn.rows.clone(), ..lw };
 
         // the next layer: loaded now so the backend can upload it while the MLP half runs
         if backend.wants_prefetch() && l + 1 < cfg.layers {
@@ -273,17 +266,21 @@ pub fn prune(
 
         // 3-4: MLP pair, with the pruned attention
         let t0 = Instant::now();
-        let h_mlp = backend.mlp_stats(cfg, &pl, &attn.cols)?;
+        let st = backend.mlp_stats(pruned.done, cfg, &pl, &attn.pair.cols)?;
         times.forward_stats += t0.elapsed().as_secs_f64();
-        let mlp = prune_pair(&*backend, l, PairKind::Mlp, &pl.down.w, &h_mlp, &mlp_units(pl.ffn()), opts.sparsity, opts, &mut times)?;
-        drop(h_mlp);
+        let summary = st.summary.clone();
+        let mlp_u = mlp_units(pl.ffn());
+        let job = pair_job(l, PairKind::Mlp, &pl.down, &summary, &mlp_u, opts.sparsity, opts)?;
+        let pruned = backend.prune_mlp(st, &job)?;
+        times.add_pair(&pruned.pair);
+        let mut mlp = finish_pair(pruned.pair, &pl.down.w, &summary, &mlp_u, opts);
         pl.up = gather_linear_rows(&pl.up, &mlp.rows);
         pl.gate = pl.gate.as_ref().map(|g| gather_linear_rows(g, &mlp.rows));
-        pl.down = updated_w2(&pl.down, &mlp);
+        pl.down = updated_w2(&pl.down, &mut mlp);
 
         // 5: the pruned layer's output feeds the next layer
         let t0 = Instant::now();
-        backend.advance(cfg, &pl, &mlp.cols)?;
+        input = backend.advance(pruned.done, cfg, &pl, &mlp.pair.cols)?;
         times.forward_stats += t0.elapsed().as_secs_f64();
 
         let report = LayerReport { layer: l, attn: attn.report, mlp: mlp.report };
