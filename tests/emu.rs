@@ -278,6 +278,18 @@ fn pruning_on_the_device_downloads_only_pruned_weights_and_o_n() {
         let h_bytes = 4 * (n_attn * n_attn).min(n_mlp * n_mlp) as u64;
         assert!(per_layer_o_n < h_bytes, "{name}: the O(n) allowance {per_layer_o_n} would hide an H of {h_bytes} bytes");
         assert!(d2h >= pruned_bytes.iter().sum::<u64>(), "{name}: the pruned weights themselves come back");
+        // the per-phase counters of the report add up to the device's, and each phase did what
+        // it should: the pairs bring back the pruned weights, the forward only O(n) flags
+        let dev = emu.device.clone().expect("a device backend reports per-phase counters");
+        assert!(cpu.device.is_none());
+        let total = dev.total();
+        assert_eq!((total.h2d_bytes, total.d2h_bytes), (after.h2d_bytes - before.h2d_bytes, d2h), "{name}: {dev:?}");
+        assert!(total.peak_bytes <= after.peak_bytes && total.peak_bytes > 0, "{name}: {dev:?}");
+        assert!(dev.prune_pairs.d2h_bytes >= pruned_bytes.iter().sum::<u64>(), "{name}: {dev:?}");
+        assert!(dev.forward_stats.d2h_bytes <= per_layer_o_n * cfg.layers as u64, "{name}: {dev:?}");
+        assert!(dev.embed.h2d_bytes >= (4 * ids.len() * cfg.hidden) as u64, "{name}: the embedded windows go up: {dev:?}");
+        assert!(dev.forward_stats.peak_bytes > 0 && dev.prune_pairs.peak_bytes > 0, "{name}: {dev:?}");
+        println!("{name}: per phase {dev:?}");
         for (lc, le) in cpu.layers.iter().zip(&emu.layers) {
             assert_eq!(lc.attn.kept_units, le.attn.kept_units, "{name} l{}", lc.layer);
             assert_eq!(lc.mlp.kept_units, le.mlp.kept_units, "{name} l{}", lc.layer);

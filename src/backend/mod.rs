@@ -250,4 +250,7 @@ pub trait Backend {
     fn device_counters(&self) -> Option<cuda::device::Counters> {
         None
     }
+
+    /// Starts a new phase for `Counters::phase_peak_bytes`. Default: nothing.
+    fn reset_phase_peak(&self) {}
 }

@@ -77,11 +77,61 @@ impl PhaseTimes {
     }
 }
 
+/// Device traffic and memory of one phase (device backends only).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DeviceUse {
+    pub h2d_bytes: u64,
+    pub d2h_bytes: u64,
+    /// The most device memory allocated at once during the phase.
+    pub peak_bytes: u64,
+}
+
+/// `DeviceUse` per phase, like `PhaseTimes`; `prune_pairs` is `score_select` + `restore` (one
+/// backend call per pair); `write` moves nothing.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PhaseDevice {
+    pub embed: DeviceUse,
+    pub load_weights: DeviceUse,
+    pub forward_stats: DeviceUse,
+    pub prune_pairs: DeviceUse,
+}
+
+impl PhaseDevice {
+    /// All phases together (bytes summed, the largest peak).
+    pub fn total(&self) -> DeviceUse {
+        let all = [self.embed, self.load_weights, self.forward_stats, self.prune_pairs];
+        DeviceUse {
+            h2d_bytes: all.iter().map(|u| u.h2d_bytes).sum(),
+            d2h_bytes: all.iter().map(|u| u.d2h_bytes).sum(),
+            peak_bytes: all.iter().map(|u| u.peak_bytes).max().unwrap_or(0),
+        }
+    }
+}
+
+/// Counts one phase's device work (nothing on a backend without counters).
+struct Meter(Option<crate::backend::cuda::device::Counters>);
+
+impl Meter {
+    fn start(b: &dyn Backend) -> Meter {
+        b.reset_phase_peak();
+        Meter(b.device_counters())
+    }
+    fn stop(self, b: &dyn Backend, into: &mut DeviceUse) {
+        if let (Some(c0), Some(c1)) = (self.0, b.device_counters()) {
+            into.h2d_bytes += c1.h2d_bytes - c0.h2d_bytes;
+            into.d2h_bytes += c1.d2h_bytes - c0.d2h_bytes;
+            into.peak_bytes = into.peak_bytes.max(c1.phase_peak_bytes);
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct PruneReport {
     pub layers: Vec<LayerReport>,
     pub phases: PhaseTimes,
     pub backend: String,
+    /// Per-phase device traffic and peak memory (device backends only).
+    pub device: Option<PhaseDevice>,
 }
 
 /// Units of a pair as W2 columns and W1 rows.
@@ -225,9 +275,12 @@ pub fn prune(
     model.check_seqlen(seqlen)?;
 
     let mut times = PhaseTimes::default();
+    let mut dev = PhaseDevice::default();
     let t0 = Instant::now();
     let inps = forward::embed(cfg, &model.embedding()?, model.positions()?.as_ref(), ids, seqlen);
+    let m = Meter::start(backend);
     let mut input = backend.begin(inps, seqlen)?;
+    m.stop(backend, &mut dev.embed);
     times.embed = t0.elapsed().as_secs_f64();
 
     let attn_u = attn_units(model, opts.method.whole_heads());
@@ -244,12 +297,16 @@ pub fn prune(
 
         // 1-2: attention pair
         let t0 = Instant::now();
+        let m = Meter::start(backend);
         let st = backend.attn_stats(input, cfg, &lw)?;
+        m.stop(backend, &mut dev.forward_stats);
         times.forward_stats += t0.elapsed().as_secs_f64();
         let attn_sparsity = if opts.skip_attn { 0.0 } else { opts.sparsity };
         let summary = st.summary.clone();
         let job = pair_job(l, PairKind::Attn, &lw.o, &summary, &attn_u, attn_sparsity, opts)?;
+        let m = Meter::start(backend);
         let pruned = backend.prune_attn(st, &job)?;
+        m.stop(backend, &mut dev.prune_pairs);
         times.add_pair(&pruned.pair);
         let mut attn = finish_pair(pruned.pair, &lw.o.w, &summary, &attn_u, opts);
         let o = updated_w2(&lw.o, &mut attn);
@@ -259,19 +316,25 @@ pub fn prune(
         if backend.wants_prefetch() && l + 1 < cfg.layers {
             let t0 = Instant::now();
             let w = model.layer(l + 1)?;
+            let m = Meter::start(backend);
             backend.prefetch(&w)?;
+            m.stop(backend, &mut dev.load_weights);
             next = Some(w);
             times.load_weights += t0.elapsed().as_secs_f64();
         }
 
         // 3-4: MLP pair, with the pruned attention
         let t0 = Instant::now();
+        let m = Meter::start(backend);
         let st = backend.mlp_stats(pruned.done, cfg, &pl, &attn.pair.cols)?;
+        m.stop(backend, &mut dev.forward_stats);
         times.forward_stats += t0.elapsed().as_secs_f64();
         let summary = st.summary.clone();
         let mlp_u = mlp_units(pl.ffn());
         let job = pair_job(l, PairKind::Mlp, &pl.down, &summary, &mlp_u, opts.sparsity, opts)?;
+        let m = Meter::start(backend);
         let pruned = backend.prune_mlp(st, &job)?;
+        m.stop(backend, &mut dev.prune_pairs);
         times.add_pair(&pruned.pair);
         let mut mlp = finish_pair(pruned.pair, &pl.down.w, &summary, &mlp_u, opts);
         pl.up = gather_linear_rows(&pl.up, &mlp.rows);
@@ -280,7 +343,9 @@ pub fn prune(
 
         // 5: the pruned layer's output feeds the next layer
         let t0 = Instant::now();
+        let m = Meter::start(backend);
         input = backend.advance(pruned.done, cfg, &pl, &mlp.pair.cols)?;
+        m.stop(backend, &mut dev.forward_stats);
         times.forward_stats += t0.elapsed().as_secs_f64();
 
         let report = LayerReport { layer: l, attn: attn.report, mlp: mlp.report };
@@ -292,5 +357,5 @@ pub fn prune(
             pb.inc(1);
         }
     }
-    Ok(PruneReport { layers: reports, phases: times, backend: backend.name() })
+    Ok(PruneReport { layers: reports, phases: times, backend: backend.name(), device: backend.device_counters().map(|_| dev) })
 }

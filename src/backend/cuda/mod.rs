@@ -496,6 +496,10 @@ impl Backend for CudaBackend {
     fn device_counters(&self) -> Option<device::Counters> {
         Some(self.gpu.counters())
     }
+
+    fn reset_phase_peak(&self) {
+        self.gpu.dev.reset_phase_peak()
+    }
 }
 
 fn clone_linear(l: &DevLinear) -> DevLinear {
