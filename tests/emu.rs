@@ -9,11 +9,11 @@ use fasp_engine::backend::cuda::context::{cfg, Gpu, PinnedBuf};
 use fasp_engine::backend::cuda::device::{emu, Device, DevicePtr, KArg};
 use fasp_engine::backend::cuda::{forward as fw, CudaBackend};
 use fasp_engine::backend::{cpu::CpuBackend, Backend, PairJob, Scoring};
-use fasp_engine::model::arch::attn_unit_columns;
-use fasp_engine::prune::{self, PruneConfig};
 use fasp_engine::forward;
 use fasp_engine::job::{self, Device as JobDevice};
+use fasp_engine::model::arch::attn_unit_columns;
 use fasp_engine::model::Model;
+use fasp_engine::prune::{self, PruneConfig};
 use std::sync::Arc;
 
 /// Launches through the packed argument array, as the backend's `launch!` does.
@@ -272,7 +272,10 @@ fn pruning_on_the_device_downloads_only_pruned_weights_and_o_n() {
         let (n_attn, n_mlp) = (cfg.heads * cfg.head_dim, cfg.ffn);
         let per_layer_o_n = 32 * (n_attn + n_mlp) as u64 + 512;
         let bound: u64 = pruned_bytes.iter().map(|b| b + per_layer_o_n).sum();
-        println!("{name}: d2h {d2h} bytes, bound {bound} (pruned weights {} + O(n) {per_layer_o_n} per layer)", pruned_bytes.iter().sum::<u64>());
+        println!(
+            "{name}: d2h {d2h} bytes, bound {bound} (pruned weights {} + O(n) {per_layer_o_n} per layer)",
+            pruned_bytes.iter().sum::<u64>()
+        );
         assert!(d2h <= bound, "{name}: {d2h} bytes came back, more than the pruned weights plus O(n) ({bound})");
         // the bound is tight enough to catch a download of either H
         let h_bytes = 4 * (n_attn * n_attn).min(n_mlp * n_mlp) as u64;
@@ -294,7 +297,11 @@ fn pruning_on_the_device_downloads_only_pruned_weights_and_o_n() {
             assert_eq!(lc.attn.kept_units, le.attn.kept_units, "{name} l{}", lc.layer);
             assert_eq!(lc.mlp.kept_units, le.mlp.kept_units, "{name} l{}", lc.layer);
             for (a, b) in [(&lc.attn, &le.attn), (&lc.mlp, &le.mlp)] {
-                assert!((a.recon_error - b.recon_error).abs() <= 1e-2 * a.recon_error_no_restore + 1e-9, "{name} l{}: {a:?} vs {b:?}", lc.layer);
+                assert!(
+                    (a.recon_error - b.recon_error).abs() <= 1e-2 * a.recon_error_no_restore + 1e-9,
+                    "{name} l{}: {a:?} vs {b:?}",
+                    lc.layer
+                );
             }
         }
     }

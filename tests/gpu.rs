@@ -17,11 +17,11 @@ use fasp_engine::backend::cuda::{
     blas, cholesky, compact, cuda_usable, forward as fw, layer, restore as grestore, score, stats, topk, Bf16, CudaBackend, Gpu, Solver,
 };
 use fasp_engine::backend::{cpu::CpuBackend, Backend, PairJob, PairStats, PrunedPair, Scoring, StatsSummary};
-use fasp_engine::model::arch::attn_unit_columns;
-use fasp_engine::prune::Method;
 use fasp_engine::forward;
 use fasp_engine::job::{self, Device, EvalSpec};
+use fasp_engine::model::arch::attn_unit_columns;
 use fasp_engine::model::{LayerWeights, Linear, Model, ModelConfig, Norm};
+use fasp_engine::prune::Method;
 use fasp_engine::prune::{restore, score as cscore, select};
 use fasp_engine::tensor::{Gram, Mat};
 use rand::{Rng, SeedableRng};
@@ -753,7 +753,11 @@ fn check_pair(what: &str, got: &PrunedPair, want: &PrunedPair) {
     let (er, erw) = (got.err2.sqrt(), want.err2.sqrt());
     assert!((er - erw).abs() <= 1e-2 * e0w + 1e-9, "{what}: reconstruction error {er} vs {erw} (no restore {e0w})");
     assert!(erw <= e0w * (1.0 + 1e-9), "{what}: the CPU's restoration does not help: {erw} vs {e0w}");
-    println!("{what}: kept {} of {} units, err {er:.6e} (cpu {erw:.6e}, no restore {e0w:.6e}), W2' rel {e:.1e}", got.kept_units.len(), want.kept_units.len().max(1));
+    println!(
+        "{what}: kept {} of {} units, err {er:.6e} (cpu {erw:.6e}, no restore {e0w:.6e}), W2' rel {e:.1e}",
+        got.kept_units.len(),
+        want.kept_units.len().max(1)
+    );
 }
 
 /// A job keeping 3/4 of the units: FASP with restoration, or wanda-sp's host scores without.

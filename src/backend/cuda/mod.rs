@@ -460,7 +460,10 @@ impl Backend for CudaBackend {
         let (up, gate) = match &dense {
             Some((up, gate)) if up.out >= k && gate.is_some() == lw.gate.is_some() => {
                 let idx = compact::upload_idx(&gpu, mlp_cols, "kept MLP channels")?;
-                (kept_rows(&gpu, up, &lw.up, &idx, k)?, gate.as_ref().zip(lw.gate.as_ref()).map(|(d, g)| kept_rows(&gpu, d, g, &idx, k)).transpose()?)
+                (
+                    kept_rows(&gpu, up, &lw.up, &idx, k)?,
+                    gate.as_ref().zip(lw.gate.as_ref()).map(|(d, g)| kept_rows(&gpu, d, g, &idx, k)).transpose()?,
+                )
             }
             _ => (
                 TensorCache::fresh_linear(&gpu, &lw.up, "up_proj / fc1 (kept rows)")?,
@@ -510,5 +513,10 @@ fn clone_linear(l: &DevLinear) -> DevLinear {
 fn kept_rows(gpu: &Gpu, d: &DevLinear, l: &Linear, idx: &DeviceBuf<i32>, k: usize) -> Result<DevLinear> {
     let mut w = gpu.alloc::<f32>(k * d.inp, "W1 (kept rows)")?;
     compact::gather_rows(gpu, &*d.w, d.out, d.inp, idx, k, &mut w)?;
-    Ok(DevLinear { w: Arc::new(w), b: l.b.as_ref().map(|b| gpu.upload(b, "W1 bias (kept rows)").map(Arc::new)).transpose()?, out: k, inp: d.inp })
+    Ok(DevLinear {
+        w: Arc::new(w),
+        b: l.b.as_ref().map(|b| gpu.upload(b, "W1 bias (kept rows)").map(Arc::new)).transpose()?,
+        out: k,
+        inp: d.inp,
+    })
 }

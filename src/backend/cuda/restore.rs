@@ -23,10 +23,10 @@
 
 use super::cholesky::{self, Batch, Potrf, Trailing};
 use super::compact::{gather_cols, gather_submatrix, upload_idx};
+use super::context::need;
 use super::context::DeviceBuf;
 use super::context::Gpu;
 use super::forward as fw;
-use super::context::need;
 use super::{blas, stats, Solver};
 use crate::error::Result;
 use crate::prune::restore::{no_restore, restored_err2, Restored, MAX_RETRIES};
@@ -77,7 +77,15 @@ pub struct DeviceRestored {
 /// module docs). The outer error is a device failure; the inner one a numerical failure worded
 /// like the CPU's (`prune::restore::restore`).
 #[allow(clippy::too_many_arguments)]
-pub fn restore_resident(gpu: &Gpu, d: &Resident, s: &[usize], p: &[usize], damp: f64, restore: bool, solver: Solver) -> Result<Result<DeviceRestored, String>> {
+pub fn restore_resident(
+    gpu: &Gpu,
+    d: &Resident,
+    s: &[usize],
+    p: &[usize],
+    damp: f64,
+    restore: bool,
+    solver: Solver,
+) -> Result<Result<DeviceRestored, String>> {
     let (rows, n, ns, np) = (d.rows, d.n, s.len(), p.len());
     need(d.w2, rows * n, "restore W2")?;
     need(d.h, n * n, "restore H")?;
