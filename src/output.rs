@@ -210,6 +210,29 @@ pub fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
     std::fs::write(path, text + "\n").map_err(|e| FaspError::io(path, e))
 }
 
+/// Shipped with an output whose FLAP compensation added o_proj / down_proj biases that the
+/// family's transformers class has no slot for (`fasp_extra_biases` in config.json).
+const FASP_BIASES_PY: &str = r#""""Written by fasp-engine: {base} with the o_proj / down_proj biases that FLAP's bias
+compensation added (config.json lists them in `fasp_extra_biases`). transformers' {base} has no
+place for them; load this directory with
+    AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)
+Without trust_remote_code, transformers drops these biases (warning that some weights were not
+used) and the model is not the pruned one.
+"""
+import torch
+from transformers import {base}
+
+
+class {class}({base}):
+    def __init__(self, config):
+        super().__init__(config)
+        extra = set(getattr(config, "fasp_extra_biases", None) or [])
+        for layer in self.model.layers:
+            for key, lin in (("o_proj", layer.self_attn.o_proj), ("down_proj", layer.mlp.down_proj)):
+                if key in extra and lin.bias is None:
+                    lin.bias = torch.nn.Parameter(torch.zeros(lin.out_features, dtype=lin.weight.dtype, device=lin.weight.device))
+"#;
+
 /// Writes the pruned model layer by layer.
 pub struct ModelWriter {
     tmp: TempDir,
@@ -391,7 +414,14 @@ impl ModelWriter {
         extra.sort_unstable();
         extra.dedup();
         if !extra.is_empty() {
+            // transformers' class of this family has no slot for these biases: ship a subclass
+            // that adds them, mapped for `trust_remote_code=True` (README "FLAP's added biases")
             obj.insert("fasp_extra_biases".into(), serde_json::to_value(&extra).expect("serializable"));
+            let class = format!("FaspBiased{}", a.hf_class);
+            obj.insert("auto_map".into(), serde_json::json!({"AutoModelForCausalLM": format!("fasp_biases.{class}")}));
+            let code = FASP_BIASES_PY.replace("{base}", a.hf_class).replace("{class}", &class);
+            let path = dir.join("fasp_biases.py");
+            std::fs::write(&path, code).map_err(|e| FaspError::io(&path, e))?;
         }
         if !model.head_is_tied() {
             obj.insert("tie_word_embeddings".into(), false.into());
