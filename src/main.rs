@@ -237,6 +237,7 @@ struct PruneArgs {
     #[arg(long)]
     model: PathBuf,
     /// Output directory. Written to a temporary directory beside it and renamed into place at the end.
+    /// It may not be, contain or lie inside an input (model, calibration or --eval file).
     #[arg(long)]
     out: PathBuf,
     /// Fraction of the units of every pair to remove, in [0, 1). Pruned p = floor(n*s + 0.5).

@@ -389,7 +389,7 @@ impl ModelWriter {
         obj.insert(a.ffn_key.into(), self.ffn.unwrap_or(cfg.ffn).into());
         obj.insert("torch_dtype".into(), dtype.name().into());
         // biases FLAP's compensation added: through the family's config switch, or (a family
-        // without one) listed for this engine's reader; transformers has no place for those
+        // without one) listed in `fasp_extra_biases` and added by the shipped `fasp_biases.py` (below)
         let mut extra: Vec<&str> = cfg
             .raw
             .get("fasp_extra_biases")
