@@ -1,4 +1,4 @@
-//! Writers for a pruned model (FASP-SPEC §9): the dense-equivalent HF directory (default) or the
+//! Writers for a pruned model (docs/spec.md §9): the dense-equivalent HF directory (default) or the
 //! compact form (`--compact`), plus `fasp.json` and the tokenizer files.
 //!
 //! Everything is written into a temporary directory beside `--out` and renamed into place only
@@ -448,4 +448,17 @@ impl ModelWriter {
         }
         commit_out(self.tmp, out)
     }
+}
+
+/// Total size in bytes of the files in `dir` (not recursive: a written model is flat), for the
+/// size a run reports.
+pub fn dir_bytes(dir: &Path) -> std::io::Result<u64> {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir)? {
+        let m = e?.metadata()?;
+        if m.is_file() {
+            total += m.len();
+        }
+    }
+    Ok(total)
 }

@@ -1,4 +1,4 @@
-//! The sequential FASP pipeline (FASP-SPEC §7), written once over a `Backend`:
+//! The sequential FASP pipeline (docs/spec.md §7), written once over a `Backend`:
 //!
 //! for each layer: dense attention half → `H_attn` → score/select/restore the attention pair →
 //! MLP half with the pruned attention → `H_mlp` → score/select/restore the MLP pair → the pruned

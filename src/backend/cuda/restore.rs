@@ -1,4 +1,4 @@
-//! Restoration on the device (FASP-SPEC §6), composed from the wrappers (safe Rust only):
+//! Restoration on the device (docs/spec.md §6), composed from the wrappers (safe Rust only):
 //!
 //! ```text
 //! A = H[S,S]                      (fasp_gather_submatrix_f32, kept pristine for retries)

@@ -1,5 +1,5 @@
 //! Thin wrappers of `stats.cu`, and `GramAccumulator`, which builds the statistics of a pair
-//! (FASP-SPEC §4) on the device: for each chunk of calibration tokens `X[t][n]`,
+//! (docs/spec.md §4) on the device: for each chunk of calibration tokens `X[t][n]`,
 //! `H_chunk = XᵀX` by cuBLAS ssyrk in fp32 (lower triangle, then `fasp_stats_symmetrize_f32`),
 //! added into an fp64 running `H` (`fasp_stats_accumulate_f64`), and the column sums `Xᵀ1` by
 //! sgemv, added into fp64 sums likewise. Memory stays bounded by one chunk. `finish` keeps `H` on
