@@ -2,7 +2,7 @@
 //! per-pair math of `prune::{score, select, restore}`. The full `H` of the pending pair lives
 //! here ([`PairStats`]); the pipeline only sees its summary.
 
-use super::{layer_input, pair_error, pruned, stats, Attn, Backend, Done, LayerInput, Mlp, PairJob, PairMarker, Pruned, PrunedPair};
+use super::{done, layer_input, pair_error, pruned, stats, Attn, Backend, Done, LayerInput, Mlp, PairJob, PairMarker, Pruned, PrunedPair};
 use super::{Scoring, Stats, StatsSummary};
 use crate::error::{FaspError, Result};
 use crate::forward;
@@ -140,6 +140,12 @@ impl Backend for CpuBackend {
         Ok(stats(summary))
     }
 
+    fn skip_attn(&mut self, stats: Stats<Attn>) -> Done<Attn> {
+        let _ = stats;
+        self.pending = None;
+        done()
+    }
+
     fn prune_attn(&mut self, stats: Stats<Attn>, job: &PairJob) -> Result<Pruned<Attn>> {
         self.prune(stats, job)
     }
@@ -158,6 +164,12 @@ impl Backend for CpuBackend {
         self.act = Some(act);
         self.pending = Some(st);
         Ok(stats(summary))
+    }
+
+    fn skip_mlp(&mut self, stats: Stats<Mlp>) -> Done<Mlp> {
+        let _ = stats;
+        self.pending = None;
+        done()
     }
 
     fn prune_mlp(&mut self, stats: Stats<Mlp>, job: &PairJob) -> Result<Pruned<Mlp>> {

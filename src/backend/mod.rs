@@ -112,7 +112,11 @@ fn stats<K>(summary: StatsSummary) -> Stats<K> {
 }
 
 fn pruned<K>(pair: PrunedPair) -> Pruned<K> {
-    Pruned { pair, done: Done { _seal: Seal, _k: PhantomData } }
+    Pruned { pair, done: done() }
+}
+
+fn done<K>() -> Done<K> {
+    Done { _seal: Seal, _k: PhantomData }
 }
 
 /// How the units of a pair are scored.
@@ -237,6 +241,10 @@ pub trait Backend {
     /// §7 step 3: with the pruned attention (`lw.o` holds `W2'` — the `w2` that `prune_attn`
     /// returned, with its bias — over the context columns `ctx_cols` of the dense context), runs up
     /// to the fc2/down_proj input, keeps its statistics and returns their summary.
+    /// Skips pruning the attention pair of a layer whose pruned weights are already known (a
+    /// `--resume` replay of a finished layer): the statistics are dropped.
+    fn skip_attn(&mut self, stats: Stats<Attn>) -> Done<Attn>;
+
     fn mlp_stats(&mut self, done: Done<Attn>, cfg: &ModelConfig, lw: &LayerWeights, ctx_cols: &[usize]) -> Result<Stats<Mlp>>;
 
     /// §7 step 4: the MLP pair, like `prune_attn`.
@@ -244,6 +252,9 @@ pub trait Backend {
 
     /// §7 step 5: the next layer's inputs are this (pruned) layer's output; `mlp_cols` are the
     /// kept intermediate channels, matching `lw.down`'s columns (`lw.down` is `prune_mlp`'s `W2'`).
+    /// [`Backend::skip_attn`] for the MLP pair.
+    fn skip_mlp(&mut self, stats: Stats<Mlp>) -> Done<Mlp>;
+
     fn advance(&mut self, done: Done<Mlp>, cfg: &ModelConfig, lw: &LayerWeights, mlp_cols: &[usize]) -> Result<LayerInput>;
 
     /// What the device has done so far (copies, launches, peak memory); None on the CPU.

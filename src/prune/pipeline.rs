@@ -329,10 +329,17 @@ pub fn prune_resumed(
             crate::interrupt::check()?;
             let t0 = Instant::now();
             let (pl, report) = (r.load)(l)?;
-            // the dense attention context comes from the layer as it was before pruning
-            backend.attn_stats(cfg, &model.layer(l)?)?;
-            backend.mlp_stats(cfg, &pl, &crate::model::arch::attn_columns(cfg, &pl.v_units))?;
-            backend.advance(cfg, &pl, &report.mlp.kept_units)?;
+            // the calls of an uninterrupted run, with the same weights: the dense layer for the
+            // attention statistics, its restored o_proj (dense MLP) for the MLP statistics, and the
+            // pruned layer for its output
+            let dense = model.layer(l)?;
+            let st = backend.attn_stats(input, cfg, &dense)?;
+            let done = backend.skip_attn(st);
+            let mid = LayerWeights { v: pl.v.clone(), o: pl.o.clone(), v_units: pl.v_units.clone(), ..dense };
+            let ctx_cols = crate::model::arch::attn_columns(cfg, &pl.v_units);
+            let st = backend.mlp_stats(done, cfg, &mid, &ctx_cols)?;
+            let done = backend.skip_mlp(st);
+            input = backend.advance(done, cfg, &pl, &report.mlp.kept_units)?;
             times.forward_stats += t0.elapsed().as_secs_f64();
             let t0 = Instant::now();
             sink(l, pl, &report)?;

@@ -44,7 +44,7 @@ pub mod weights;
 
 pub use context::{cuda_usable, Bf16, Gpu};
 
-use super::{layer_input, pair_error, pruned, stats as stats_token, Attn, Backend, Done, LayerInput, Mlp, PairJob, PairMarker};
+use super::{done, layer_input, pair_error, pruned, stats as stats_token, Attn, Backend, Done, LayerInput, Mlp, PairJob, PairMarker};
 use super::{PairSeconds, Pruned, PrunedPair, Scoring, Stats};
 use crate::error::{FaspError, Result};
 use crate::model::{LayerWeights, Linear, ModelConfig};
@@ -370,6 +370,12 @@ impl Backend for CudaBackend {
         Ok(stats_token(summary))
     }
 
+    fn skip_attn(&mut self, stats: Stats<Attn>) -> Done<Attn> {
+        let _ = stats;
+        self.pending = None;
+        done()
+    }
+
     fn prune_attn(&mut self, stats: Stats<Attn>, job: &PairJob) -> Result<Pruned<Attn>> {
         self.prune_pair(stats, job)
     }
@@ -436,6 +442,12 @@ impl Backend for CudaBackend {
         self.pending = Some(ds);
         self.dense_w1 = Some(dense_w1);
         Ok(stats_token(summary))
+    }
+
+    fn skip_mlp(&mut self, stats: Stats<Mlp>) -> Done<Mlp> {
+        let _ = stats;
+        self.pending = None;
+        done()
     }
 
     fn prune_mlp(&mut self, stats: Stats<Mlp>, job: &PairJob) -> Result<Pruned<Mlp>> {
