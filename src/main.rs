@@ -271,6 +271,25 @@ struct PruneArgs {
     /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
+    #[command(flatten)]
+    plan: PlanArgs,
+    /// The paper's calibration (128 x 2048) when --nsamples/--seqlen are not given. Without it a
+    /// text calibration on the CPU defaults to 128 x 256 (a GPU uses 128 x 2048 either way).
+    #[arg(long)]
+    paper: bool,
+}
+
+/// The memory plan: print it, or bound the device memory it plans for.
+#[derive(Args)]
+struct PlanArgs {
+    /// Print the plan (calibration tokens, peak host and device memory, chunk sizes, bytes moved
+    /// per layer, estimated time on the CPU) and exit without computing; with --json as JSON.
+    #[arg(long = "plan")]
+    plan_only: bool,
+    /// Device memory the run may use, e.g. 24GiB; chunk sizes are planned to fit it. Default:
+    /// what the device has free. Settings that cannot fit are refused before any work.
+    #[arg(long, value_parser = parse_size)]
+    max_gpu_mem: Option<u64>,
 }
 
 #[derive(Args)]
@@ -349,6 +368,12 @@ struct BenchArgs {
     /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
+    #[command(flatten)]
+    plan: PlanArgs,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    fasp_engine::plan::parse_size(s)
 }
 
 fn parse_dtype(s: &str) -> Result<DType, String> {
@@ -378,7 +403,17 @@ fn prune(a: PruneArgs) -> Result<()> {
         progress: !a.quiet && !a.json,
         eval: a.eval.map(|path| job::EvalSpec { path, seqlen: a.eval_seqlen, max_windows: a.eval_windows, dense: a.eval_dense }),
     };
-    let s = job::run_prune(&job)?;
+    let settings = job::PlanSettings { max_gpu_mem: a.plan.max_gpu_mem, paper: a.paper };
+    if a.plan.plan_only {
+        let p = job::plan_prune(&job, &settings)?;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&p)?);
+        } else {
+            print!("{}", p.text());
+        }
+        return Ok(());
+    }
+    let s = job::run_prune_with(&job, &settings)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&s.fasp_json)?);
         return Ok(());
@@ -514,7 +549,17 @@ fn bench(a: BenchArgs) -> Result<()> {
         write: a.write,
         force: a.force,
         progress: !a.quiet && !a.json,
+        max_gpu_mem: a.plan.max_gpu_mem,
     };
+    if a.plan.plan_only {
+        let v = fasp_engine::bench::plan_only(&opts)?;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        } else {
+            print!("{}", v["text"].as_str().unwrap_or_default());
+        }
+        return Ok(());
+    }
     let r = fasp_engine::bench::run_bench(&opts)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);
