@@ -562,11 +562,12 @@ pub fn plan_bench(opts: &BenchOptions, be: Option<&dyn Backend>) -> Result<Plan>
     let shape = shape(&opts.shape)?;
     let layers = layers_to_run(shape, opts.layers)?;
     check_settings(shape, opts)?;
-    let model = synthetic_model(shape, layers, opts.seed)?;
+    // from the config alone: the synthetic weights are not generated for a plan
+    let cfg = shape.config(layers)?;
     let target = be.map_or_else(|| job::target_of(opts.device), |b| job::backend_target(opts.device, b));
     let limit = job::device_limit(opts.max_gpu_mem, be);
-    let req = job::plan_request(&model, target, opts.nsamples, opts.seqlen, opts.sparsity, 0, limit);
-    crate::plan::plan(&model.cfg, &req)
+    let req = job::plan_request_for_config(&cfg, target, opts.nsamples, opts.seqlen, opts.sparsity, limit);
+    crate::plan::plan(&cfg, &req)
 }
 
 /// `bench --plan`: the plan, opening the device only to ask its free memory (when

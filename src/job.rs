@@ -105,13 +105,15 @@ pub fn progress_bar_of(len: usize, msg: &str, unit: &str) -> indicatif::Progress
 pub fn progress_bar_eta(len: usize, msg: &str, unit: &str, estimate: Option<f64>) -> indicatif::ProgressBar {
     let pb = indicatif::ProgressBar::new(len as u64);
     pb.set_style(
-        indicatif::ProgressStyle::with_template(&format!("{{msg}} [{{bar:30}}] {unit} {{pos}}/{{len}} {{elapsed_precise}} ETA {{work_eta}}"))
-            .expect("valid template")
-            .with_key("work_eta", move |st: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
-                let eta = plan::Eta::of(st.pos(), st.len().unwrap_or(0), st.elapsed().as_secs_f64(), estimate);
-                let _ = w.write_str(&eta.text());
-            })
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(&format!(
+            "{{msg}} [{{bar:30}}] {unit} {{pos}}/{{len}} {{elapsed_precise}} ETA {{work_eta}}"
+        ))
+        .expect("valid template")
+        .with_key("work_eta", move |st: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+            let eta = plan::Eta::of(st.pos(), st.len().unwrap_or(0), st.elapsed().as_secs_f64(), estimate);
+            let _ = w.write_str(&eta.text());
+        })
+        .progress_chars("=> "),
     );
     pb.set_message(msg.to_string());
     pb
@@ -287,6 +289,29 @@ pub fn plan_request(
     }
 }
 
+/// [`plan_request`] for a model known by its config only (`bench`: f16 checkpoint).
+pub fn plan_request_for_config(
+    cfg: &crate::model::ModelConfig,
+    target: Target,
+    nsamples: usize,
+    seqlen: usize,
+    sparsity: f64,
+    device_limit: Option<plan::Limit>,
+) -> PlanRequest {
+    PlanRequest {
+        target,
+        nsamples,
+        seqlen,
+        sparsity,
+        eval_tokens: 0,
+        device_limit,
+        host_limit: plan::host_limit(),
+        chunk_tokens: env_chunk_tokens(),
+        vocab: cfg.vocab,
+        source_dtype_bytes: 2,
+    }
+}
+
 /// Hands the plan's chunking to the backend (unless `FASP_CUDA_CHUNK_TOKENS` fixes it).
 pub fn apply_plan(plan: &Plan, be: &mut dyn Backend) {
     if let (Some(c), None) = (plan.chunking, env_chunk_tokens()) {
@@ -325,7 +350,8 @@ pub fn plan_prune(job: &PruneJob, settings: &PlanSettings) -> Result<Plan> {
     }
     let tok = if calib::is_npy(&job.calib) { None } else { model.tokenizer()? };
     let defaults = default_calibration(target0, settings.paper);
-    let windows = calib::calibration_with_defaults(&job.calib, tok.as_ref(), job.nsamples, job.seqlen, defaults, job.calib_seed, model.cfg.vocab)?;
+    let windows =
+        calib::calibration_with_defaults(&job.calib, tok.as_ref(), job.nsamples, job.seqlen, defaults, job.calib_seed, model.cfg.vocab)?;
     let eval_tokens = match &job.eval {
         Some(e) => EvalSet::load(&model, "eval", &e.path, e.seqlen, e.max_windows)?.ids.len(),
         None => 0,
@@ -358,7 +384,8 @@ pub fn run_prune_with(job: &PruneJob, settings: &PlanSettings) -> Result<PruneSu
     }
     let tok = if calib::is_npy(&job.calib) { None } else { model.tokenizer()? };
     let defaults = default_calibration(target0, settings.paper);
-    let windows = calib::calibration_with_defaults(&job.calib, tok.as_ref(), job.nsamples, job.seqlen, defaults, job.calib_seed, model.cfg.vocab)?;
+    let windows =
+        calib::calibration_with_defaults(&job.calib, tok.as_ref(), job.nsamples, job.seqlen, defaults, job.calib_seed, model.cfg.vocab)?;
     tracing::info!(windows = windows.n, seqlen = windows.seqlen, "calibration ready");
 
     let evals: Vec<EvalSet> = match &job.eval {
@@ -370,7 +397,8 @@ pub fn run_prune_with(job: &PruneJob, settings: &PlanSettings) -> Result<PruneSu
     let target = backend_target(job.device, be.as_ref());
     let eval_tokens = evals.iter().map(|e| e.ids.len()).sum();
     let limit = device_limit(settings.max_gpu_mem, Some(be.as_ref()));
-    let mut run_plan = plan::plan(&model.cfg, &plan_request(&model, target, windows.n, windows.seqlen, job.prune.sparsity, eval_tokens, limit))?;
+    let mut run_plan =
+        plan::plan(&model.cfg, &plan_request(&model, target, windows.n, windows.seqlen, job.prune.sparsity, eval_tokens, limit))?;
     run_plan.check()?;
     apply_plan(&run_plan, be.as_mut());
     if job.progress {
@@ -378,7 +406,12 @@ pub fn run_prune_with(job: &PruneJob, settings: &PlanSettings) -> Result<PruneSu
             run_plan.estimate = plan::estimate_cpu(&model.cfg, windows.n, windows.seqlen, job.prune.sparsity).ok();
         }
         eprint!("{}", run_plan.text());
-        if target == Target::Cpu && !settings.paper && job.nsamples.is_none() && job.seqlen.is_none() && windows.source["kind"] != "npy-windows" {
+        if target == Target::Cpu
+            && !settings.paper
+            && job.nsamples.is_none()
+            && job.seqlen.is_none()
+            && windows.source["kind"] != "npy-windows"
+        {
             eprintln!(
                 "  (CPU default calibration {} x {}; the paper uses {} x {}: add --paper, or set --nsamples/--seqlen)",
                 windows.n,
@@ -396,9 +429,7 @@ pub fn run_prune_with(job: &PruneJob, settings: &PlanSettings) -> Result<PruneSu
     let dtype = job.dtype.unwrap_or_else(|| model.dtype());
     let mut writer = ModelWriter::create(&job.out, &model, job.force, dtype, job.compact)?;
     let estimate = run_plan.estimate.as_ref().map(|e| e.seconds_total);
-    let pb = job
-        .progress
-        .then(|| progress_bar_eta(model.cfg.layers, &format!("pruning ({})", job.prune.method.name()), "layer", estimate));
+    let pb = job.progress.then(|| progress_bar_eta(model.cfg.layers, &format!("pruning ({})", job.prune.method.name()), "layer", estimate));
     let run =
         prune_and_eval(&model, &windows, &job.prune, be.as_mut(), &evals, pb.as_ref(), &mut |l, lw| writer.write_layer(&model, l, lw))?;
     if let Some(pb) = &pb {

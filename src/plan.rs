@@ -356,10 +356,10 @@ fn host_phases(x: &Dims, req: &PlanRequest) -> Result<Vec<Phase>> {
     act(&mut restore, "hidden states and residual stream", 2 * x.d)?;
     act(&mut restore, "MLP activation", x.f)?;
     let (s, p) = (x.km, x.f - x.km);
-    restore.add("H (f64)", &[x.f, x.f, 8])?.add("H[S,S] and its factor (f64)", &[2, s, s, 8])?.add(
-        "H[P,S], W2 products (f64)",
-        &[p * s + x.d * (p + 2 * s), 8],
-    )?;
+    restore
+        .add("H (f64)", &[x.f, x.f, 8])?
+        .add("H[S,S] and its factor (f64)", &[2, s, s, 8])?
+        .add("H[P,S], W2 products (f64)", &[p * s + x.d * (p + 2 * s), 8])?;
     // output: input, residual, activation and its kept channels, the new hidden states
     let mut out = common("layer output", 1)?;
     act(&mut out, "hidden states, residual stream, output", 3 * x.d)?;
@@ -553,12 +553,7 @@ impl Plan {
                 Some(false) => "DOES NOT FIT",
                 None => "not checked",
             };
-            format!(
-                "  peak {tag} memory {} in {} ({}); {lim}: {fits}\n",
-                gib(m.peak_bytes),
-                m.peak_phase,
-                top_buffers(m, 4)
-            )
+            format!("  peak {tag} memory {} in {} ({}); {lim}: {fits}\n", gib(m.peak_bytes), m.peak_phase, top_buffers(m, 4))
         };
         s += &mem("host", &self.host);
         if let Some(d) = &self.device {

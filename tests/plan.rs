@@ -10,8 +10,6 @@ use fasp_engine::job::Device;
 use fasp_engine::plan::{self, PlanRequest, Target};
 use std::process::{Command, Output};
 
-const GIB: u64 = 1 << 30;
-
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_fasp-engine"))
 }
