@@ -402,6 +402,8 @@ pub fn run_prune_with(job: &PruneJob, settings: &PlanSettings) -> Result<PruneSu
     run_plan.check()?;
     apply_plan(&run_plan, be.as_mut());
     if job.progress {
+        // the commonest bad setting is refused before the plan is printed
+        model.check_seqlen(windows.seqlen)?;
         if target == Target::Cpu {
             run_plan.estimate = plan::estimate_cpu(&model.cfg, windows.n, windows.seqlen, job.prune.sparsity).ok();
         }

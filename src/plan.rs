@@ -196,7 +196,7 @@ fn peak(phases: Vec<Phase>, limit: Option<Limit>) -> Result<MemPlan> {
     }
     let (bytes, p) = best.expect("at least one phase");
     let mut buffers = p.bufs;
-    buffers.sort_by(|a, b| b.bytes.cmp(&a.bytes));
+    buffers.sort_by_key(|b| std::cmp::Reverse(b.bytes));
     let fits = limit.as_ref().map(|l| bytes <= l.bytes);
     Ok(MemPlan { peak_bytes: bytes, peak_phase: p.name, buffers, limit, fits })
 }
