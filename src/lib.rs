@@ -26,6 +26,7 @@ pub mod model;
 pub mod output;
 pub mod plan;
 pub mod prune;
+pub mod record;
 pub mod sweep;
 pub mod tensor;
 
