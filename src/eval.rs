@@ -205,7 +205,7 @@ mod tests {
         let (d, vocab, seqlen) = (16, 37, 9);
         for cap in [None, Some(3.0)] {
             let mut cfg = ModelConfig::from_json(serde_json::json!({"model_type":"gemma3_text","hidden_size":d,
-                "num_hidden_layers":1,"num_attention_heads":1,"head_dim":8,"intermediate_size":8,"vocab_size":vocab}))
+                "num_hidden_layers":1,"num_attention_heads":1,"head_dim":8,"intermediate_size":8,"vocab_size":vocab,"sliding_window":4}))
             .unwrap();
             cfg.final_logit_softcap = cap;
             let mut r = |n: usize, s: f32| (0..n).map(|_| rng.random_range(-s..s)).collect::<Vec<f32>>();

@@ -855,20 +855,24 @@ impl GgufFile {
         Ok(Some(t))
     }
 
-    /// A tokenizer.json for a SentencePiece vocabulary (`tokenizer.ggml.model = llama`: Gemma's),
-    /// built as transformers' GGUF loader builds it (`GGUFGemmaConverter`, transformers 4.57):
-    /// a Unigram model over the tokens with their scores (`−rank`), byte fallback to the
-    /// `<0xNN>` tokens, the unknown token `tokenizer.ggml.unknown_token_id`; the normalizer
-    /// replaces spaces by `▁` (after prepending one when `add_space_prefix` is true); `<0x09>`
-    /// is the piece `\t` and whitespace-only pieces are spelled with `▁`, as transformers does.
-    /// Control tokens (type 3) are special added tokens; a BOS is added by the post-processor when
-    /// `add_bos_token` is true (the engine encodes without special tokens).
+    /// A tokenizer.json for a SentencePiece BPE vocabulary (`tokenizer.ggml.model = llama`:
+    /// Gemma's), encoding as SentencePiece does: a BPE model whose merges are every split `l + r`
+    /// of a normal piece into two pieces, ranked by the merged piece's score (`−rank`: SentencePiece
+    /// merges the adjacent pair whose result scores highest); byte fallback to the `<0xNN>` pieces;
+    /// spaces become `▁` (after prepending one when `add_space_prefix` is true), with no
+    /// pre-tokenization. User-defined pieces (type 4: newline and whitespace runs, ...) are matched
+    /// whole first, as SentencePiece's prefix matcher does (llama.cpp stores their `▁` as spaces;
+    /// they are spelled with `▁` again); control pieces (type 3) are special added tokens. A BOS is
+    /// added by the post-processor when `add_bos_token` is true (the engine encodes without special
+    /// tokens). Checked against the `sentencepiece` library on the evaluation text
+    /// (scripts/reference_gemma3.py, tests/gguf_gemma.rs). transformers' GGUF loader instead builds
+    /// a Unigram model over the ranks for Gemma, which segments differently.
     fn spm_tokenizer_json(&self) -> Result<String, GgufError> {
         use tokenizers::decoders::byte_fallback::ByteFallback;
         use tokenizers::decoders::fuse::Fuse;
         use tokenizers::decoders::sequence::Sequence as DecSequence;
         use tokenizers::decoders::DecoderWrapper;
-        use tokenizers::models::unigram::Unigram;
+        use tokenizers::models::bpe::BPE;
         use tokenizers::normalizers::{NormalizerWrapper, Prepend, Replace, Sequence as NormSequence};
         use tokenizers::processors::template::TemplateProcessing;
         use tokenizers::{AddedToken, Tokenizer};
@@ -883,7 +887,7 @@ impl GgufFile {
         if scores.len() != tokens.len() {
             return Err(self.meta_err(key, format!("{} scores for {} tokens", scores.len(), tokens.len())));
         }
-        let types = self.token_types(tokens.len())?;
+        let types = self.token_types(tokens.len())?.unwrap_or_else(|| vec![1; tokens.len()]);
         let id_of = |k: &str| -> Result<Option<usize>, GgufError> {
             let key = format!("tokenizer.ggml.{k}_token_id");
             match self.meta_u64(&key)? {
@@ -893,21 +897,33 @@ impl GgufFile {
         };
         let unk = id_of("unknown")?;
         let bos = id_of("bos")?;
-        let vocab: Vec<(String, f64)> = tokens
-            .iter()
-            .zip(&scores)
-            .map(|(t, &s)| {
-                let piece = if *t == "<0x09>" {
-                    "\t".to_string()
-                } else if t.contains(' ') && t.trim().is_empty() {
-                    "\u{2581}".repeat(t.chars().count())
-                } else {
-                    (*t).to_string()
-                };
-                (piece, s)
-            })
-            .collect();
-        let model = Unigram::from(vocab, unk, true).map_err(|e| tok_err(format!("Unigram: {e}")))?;
+        // the pieces as SentencePiece spells them
+        let pieces: Vec<String> =
+            tokens.iter().zip(&types).map(|(t, &ty)| if ty == 4 { t.replace(' ', "\u{2581}") } else { (*t).to_string() }).collect();
+        let mut vocab = tokenizers::models::bpe::Vocab::default();
+        for (id, p) in pieces.iter().enumerate() {
+            vocab.entry(p.clone()).or_insert(id as u32);
+        }
+        // merges: every split of a normal piece into two pieces, by the merged piece's score
+        let mut ranked: Vec<(f64, usize, usize)> = Vec::new();
+        for (id, p) in pieces.iter().enumerate() {
+            if types[id] != 1 {
+                continue;
+            }
+            for (at, _) in p.char_indices().skip(1) {
+                if vocab.contains_key(&p[..at]) && vocab.contains_key(&p[at..]) {
+                    ranked.push((scores[id], id, at));
+                }
+            }
+        }
+        ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        let merges: Vec<(String, String)> =
+            ranked.iter().map(|&(_, id, at)| (pieces[id][..at].to_string(), pieces[id][at..].to_string())).collect();
+        let mut builder = BPE::builder().vocab_and_merges(vocab, merges).byte_fallback(true).fuse_unk(true);
+        if let Some(u) = unk {
+            builder = builder.unk_token(pieces[u].clone());
+        }
+        let model = builder.build().map_err(|e| tok_err(format!("BPE: {e}")))?;
         let mut tk = Tokenizer::new(model);
         let replace = Replace::new(" ", "\u{2581}").map_err(|e| tok_err(format!("normalizer: {e}")))?;
         let mut norms = Vec::new();
@@ -921,19 +937,12 @@ impl GgufFile {
             DecoderWrapper::ByteFallback(ByteFallback::new()),
             DecoderWrapper::Fuse(Fuse::new()),
         ]))));
-        let special: Vec<AddedToken> = match &types {
-            Some(types) => {
-                types.iter().zip(&tokens).filter(|(&t, _)| t == 3).map(|(_, tok)| AddedToken::from(*tok, true)).collect()
-            }
-            None => ["bos", "eos", "unknown", "padding"]
-                .iter()
-                .filter_map(|k| id_of(k).transpose())
-                .collect::<Result<Vec<_>, _>>()?
-                .into_iter()
-                .map(|id| AddedToken::from(tokens[id], true))
-                .collect(),
-        };
+        let special: Vec<AddedToken> =
+            types.iter().zip(&pieces).filter(|(&t, _)| t == 3).map(|(_, p)| AddedToken::from(p.as_str(), true)).collect();
+        let user: Vec<AddedToken> =
+            types.iter().zip(&pieces).filter(|(&t, _)| t == 4).map(|(_, p)| AddedToken::from(p.as_str(), false)).collect();
         tk.add_special_tokens(&special);
+        tk.add_tokens(&user);
         let add_bos = self.metadata("tokenizer.ggml.add_bos_token").and_then(|v| v.as_bool()).unwrap_or(false);
         if let (true, Some(b)) = (add_bos, bos) {
             let t = tokens[b];
