@@ -12,7 +12,7 @@ FASP-SPEC §10 (fp32 logits, log-softmax, fp64 sums).
 Writes tests/fixtures/gemma3/{eval_ids.npy,reference.json}; reference.json also holds the count and
 a position-weighted sum (Σ (i+1)·id mod 2^64) of the ids of the whole text, which tests/gguf_gemma.rs
 checks. Run with the fixtures venv (scripts/make-fixtures.sh's pins plus gguf==0.19.0,
-sentencepiece==0.2.1, accelerate):  .venv-fixtures/bin/python scripts/reference_gemma3.py
+sentencepiece==0.2.3, accelerate==1.15.0):  .venv-fixtures/bin/python scripts/reference_gemma3.py
 """
 import json, os, pathlib, sys, time
 import numpy as np

@@ -196,7 +196,8 @@ mod tests {
     use crate::model::{ModelConfig, Norm};
     use rand::{Rng, SeedableRng};
 
-    /// The chunked NLL equals the one over the full logits, for every chunk size (one row, an
+    /// The chunked NLL equals the one over the full logits (to f32 `exp` rounding under a
+    /// different shift per chunk), for every chunk size (one row, an
     /// uneven split, the whole vocabulary), with and without the final soft-cap, and with a
     /// logit spread wide enough that the running max grows across chunks.
     #[test]
@@ -216,7 +217,7 @@ mod tests {
             let full = window_nll(&forward::logits(&cfg, &norm, &head, &h), &ids);
             for chunk in [1, 5, vocab, 1000] {
                 let got = window_nll_chunked(&cfg, &norm, &head, &h, &ids, chunk);
-                assert!((got - full).abs() <= 1e-9 * full.abs(), "cap {cap:?} chunk {chunk}: {got} vs {full}");
+                assert!((got - full).abs() <= 1e-7 * full.abs(), "cap {cap:?} chunk {chunk}: {got} vs {full}");
             }
         }
         assert_eq!(vocab_chunk(512), 16384);

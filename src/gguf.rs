@@ -755,9 +755,7 @@ impl GgufFile {
                 c["layer_types"] = serde_json::json!(types);
                 None
             }
-            Some(v) => {
-                Some(v.as_u64().ok_or_else(|| self.meta_err("gemma3.attention.sliding_window_pattern", "expected an integer"))?)
-            }
+            Some(v) => Some(v.as_u64().ok_or_else(|| self.meta_err("gemma3.attention.sliding_window_pattern", "expected an integer"))?),
             None => {
                 defaults.push("sliding_window_pattern 6 (every 6th layer global)");
                 Some(6)

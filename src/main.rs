@@ -480,11 +480,7 @@ fn inspect(a: InspectArgs) -> Result<()> {
     }
     println!("{}  ({})", a.model.display(), m.src.describe());
     let from_gguf = gguf_arch.map(|g| format!(" (GGUF architecture '{g}')")).unwrap_or_default();
-    println!(
-        "  family         {}{from_gguf}{}",
-        c.family.name(),
-        if c.compact_v_units.is_some() { " (FASP compact)" } else { "" }
-    );
+    println!("  family         {}{from_gguf}{}", c.family.name(), if c.compact_v_units.is_some() { " (FASP compact)" } else { "" });
     println!("  hidden         {}", c.hidden);
     println!("  layers         {}", c.layers);
     println!("  heads          {} (kv {}, head_dim {}, group {})", c.heads, c.kv_heads, c.head_dim, c.group());
