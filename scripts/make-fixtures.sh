@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
-# Regenerates tests/fixtures/ (tiny random OPT / LLaMA models, tokenizer, texts and
-# FASP reference values). Idempotent: reuses the venv when its pins are installed.
+# Regenerates tests/fixtures/ (tiny random OPT / LLaMA / llama3 / Mistral / Qwen2 / Qwen3 /
+# Gemma-3 models, tokenizer, texts and FASP reference values). Idempotent: reuses the venv when
+# its pins are installed. Then builds the engine (FASP_PROFILE, default dev: the tests' build),
+# prunes each family fixture with it and stores transformers' logits of the written outputs
+# (`make_fixtures.py --roundtrip`): the written HF output must load in transformers with
+# nothing dropped, and tests/families.rs checks our forward gives the same logits on it.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv-fixtures"
@@ -27,4 +31,6 @@ fi
 
 cd "$ROOT"
 PYTHONHASHSEED=0 "$VENV/bin/python" scripts/make_fixtures.py
+BIN="$(FASP_PROFILE="${FASP_PROFILE:-dev}" scripts/fasp-bin.sh)"
+PYTHONHASHSEED=0 "$VENV/bin/python" scripts/make_fixtures.py --roundtrip "$BIN"
 du -sh tests/fixtures

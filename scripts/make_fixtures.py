@@ -1,10 +1,17 @@
 #!/usr/bin/env python3
 """Deterministic generation of the fasp-engine test fixtures (tests/fixtures/).
 
-Creates three tiny random-weight HF models (OPT, LLaMA MHA, LLaMA GQA), a tiny
-byte-level BPE tokenizer, calibration / eval text, and reference values computed
-with transformers (dense logits) and with an independent torch implementation of
-FASP as pinned in FASP-SPEC.md sections 2-7.
+Creates tiny random-weight HF models (OPT, LLaMA MHA, LLaMA GQA, and one per further
+family of FASP-SPEC.md section 11: llama with llama3 rope scaling and an explicit head_dim,
+mistral, qwen2, qwen3, gemma3_text), a tiny byte-level BPE tokenizer, calibration / eval
+text, and reference values computed with transformers (dense logits) and with an
+independent torch implementation of FASP as pinned in FASP-SPEC.md sections 2-7 and 11.
+
+With --roundtrip BIN (scripts/make-fixtures.sh does this after building the engine), the
+family fixtures are also pruned by the engine binary BIN with several methods, the written
+HF directories are loaded with transformers, and transformers' logits of them are stored
+(reference tensors `hf_<method>_logits`): tests/families.rs checks that the engine's own
+forward gives the same logits on its own output.
 
 Run through scripts/make-fixtures.sh (which pins the Python environment).
 """
@@ -19,7 +26,12 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
+import subprocess
+import tempfile
+
+from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM,
+                          MistralConfig, MistralForCausalLM, OPTConfig, OPTForCausalLM, Qwen2Config,
+                          Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FIX = os.path.join(ROOT, "tests", "fixtures")
@@ -134,6 +146,64 @@ def llama_gqa_config():
         max_position_embeddings=64, hidden_act="silu", dtype="float32")
 
 
+# The families of FASP-SPEC section 11. Sliding windows (6) are shorter than the fixture's
+# sequences (calibration 16, logits 24), so they matter.
+WINDOW = 6
+
+
+def llama3_config():
+    """Llama-3.x rope scaling, an explicit head_dim (4*24 != hidden 64), one KV head."""
+    return LlamaConfig(
+        vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=1, head_dim=24, intermediate_size=96, rope_theta=10000.0,
+        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                      "high_freq_factor": 4.0, "original_max_position_embeddings": 32},
+        rms_norm_eps=1e-5, tie_word_embeddings=False, attention_bias=False, mlp_bias=False,
+        max_position_embeddings=64, hidden_act="silu", dtype="float32")
+
+
+def mistral_config():
+    return MistralConfig(
+        vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, intermediate_size=96, rope_theta=10000.0,
+        sliding_window=WINDOW, rms_norm_eps=1e-5, tie_word_embeddings=False,
+        max_position_embeddings=64, hidden_act="silu", dtype="float32")
+
+
+def qwen2_config():
+    """q/k/v biases (none on o); layer 1 uses the sliding window (max_window_layers = 1)."""
+    return Qwen2Config(
+        vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, intermediate_size=96, rope_theta=1000000.0,
+        use_sliding_window=True, sliding_window=WINDOW, max_window_layers=1,
+        rms_norm_eps=1e-6, tie_word_embeddings=True, max_position_embeddings=64,
+        hidden_act="silu", dtype="float32")
+
+
+def qwen3_config():
+    """Per-head q_norm / k_norm, explicit head_dim 16."""
+    return Qwen3Config(
+        vocab_size=VOCAB, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, intermediate_size=96, rope_theta=1000000.0,
+        attention_bias=False, use_sliding_window=False, rms_norm_eps=1e-6,
+        tie_word_embeddings=True, max_position_embeddings=64, hidden_act="silu", dtype="float32")
+
+
+def gemma3_config():
+    """(1+w) RMSNorm with pre/post norms, q/k norms, GELU-tanh GLU, embeddings * sqrt(d),
+    interleaved sliding (local rope base) and global layers, query_pre_attn_scalar != head_dim,
+    final logit soft-cap small enough to bend the logits, and an attention soft-cap that
+    transformers does not apply for Gemma-3 (FASP-SPEC section 11), small enough to show if applied."""
+    return Gemma3TextConfig(
+        vocab_size=VOCAB, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=16, intermediate_size=96, query_pre_attn_scalar=24,
+        rope_theta=1000000.0, rope_local_base_freq=10000.0, sliding_window=WINDOW,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention"],
+        final_logit_softcapping=4.0, attn_logit_softcapping=2.0, rms_norm_eps=1e-6,
+        tie_word_embeddings=True, max_position_embeddings=64,
+        hidden_activation="gelu_pytorch_tanh", dtype="float32")
+
+
 def init_weights(model, seed, std=0.1, unit_sigma=1.0):
     """Seeded N(0, std) weights, 1 + 0.1 N(0,1) norm weights, 0.1 N(0,1) biases.
 
@@ -146,7 +216,8 @@ def init_weights(model, seed, std=0.1, unit_sigma=1.0):
         for name, p in model.named_parameters():  # tied params appear once
             noise = torch.randn(p.shape, generator=g, dtype=torch.float32)
             if "norm" in name and name.endswith("weight"):
-                p.copy_(1.0 + 0.1 * noise)
+                # Gemma's RMSNorm scales by (1 + w): the stored weight is an offset
+                p.copy_((0.0 if is_gemma(model) else 1.0) + 0.1 * noise)
             elif name.endswith("bias"):
                 p.copy_(0.1 * noise)
             else:
@@ -163,6 +234,10 @@ def init_weights(model, seed, std=0.1, unit_sigma=1.0):
 
 def is_opt(model):
     return model.config.model_type == "opt"
+
+
+def is_gemma(model):
+    return model.config.model_type.startswith("gemma")
 
 
 def layers_of(model):
@@ -189,28 +264,39 @@ class _Stop(Exception):
     pass
 
 
-def capture_layer0_inputs(model, ids):
-    """Hidden states entering layer 0 plus the extra args the model passes to its layers."""
+def capture_layer_inputs(model, ids):
+    """Hidden states entering layer 0, plus per layer the extra args the model passes to it
+    (masks and rotary tables differ between sliding and global layers)."""
     store = {}
+    layers = layers_of(model)
 
-    def pre(mod, args, kwargs):
-        store["args"], store["kwargs"] = args, kwargs
-        raise _Stop
+    def hook(i):
+        def pre(mod, args, kwargs):
+            store[i] = (args, kwargs)
+            if i == len(layers) - 1:
+                raise _Stop
+        return pre
 
-    h = layers_of(model)[0].register_forward_pre_hook(pre, with_kwargs=True)
+    hs = [layer.register_forward_pre_hook(hook(i), with_kwargs=True) for i, layer in enumerate(layers)]
     try:
         with torch.no_grad():
             model(input_ids=ids, use_cache=False)
     except _Stop:
         pass
     finally:
-        h.remove()
-    args, kwargs = store["args"], dict(store["kwargs"])
-    if args:
-        inps, rest = args[0], args[1:]
-    else:
-        inps, rest = kwargs.pop("hidden_states"), ()
-    return inps, rest, kwargs
+        for h in hs:
+            h.remove()
+    inps, extra = None, []
+    for i in range(len(layers)):
+        args, kwargs = store[i][0], dict(store[i][1])
+        if args:
+            x, rest = args[0], args[1:]
+        else:
+            x, rest = kwargs.pop("hidden_states"), ()
+        if i == 0:
+            inps = x
+        extra.append((rest, kwargs))
+    return inps, extra
 
 
 def run_layer(layer, inps, rest, kwargs):
@@ -297,9 +383,10 @@ def fasp_prune(model, calib_ids, sparsity):
     kv = getattr(cfg, "num_key_value_heads", None) or heads
     hd = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
     G = heads // kv
-    inps, rest, kwargs = capture_layer0_inputs(model, calib_ids)
+    inps, layer_args = capture_layer_inputs(model, calib_ids)
     record, extra = [], {}
     for li, layer in enumerate(layers_of(model)):
+        rest, kwargs = layer_args[li]
         # ---- attention pair
         o_proj, v_proj = attn_mods(layer)
         H, X = input_gram(layer, o_proj, inps, rest, kwargs)
@@ -437,7 +524,67 @@ def build(name, cls, cfg, seed, tok):
         f.write("\n")
 
 
+FAMILIES = [
+    ("llama3", LlamaForCausalLM, llama3_config, 400),
+    ("mistral", MistralForCausalLM, mistral_config, 500),
+    ("qwen2", Qwen2ForCausalLM, qwen2_config, 600),
+    ("qwen3", Qwen3ForCausalLM, qwen3_config, 700),
+    ("gemma3", Gemma3ForCausalLM, gemma3_config, 800),
+]
+# methods whose written output transformers reloads in --roundtrip (flap adds biases)
+ROUNDTRIP_METHODS = ["fasp", "flap"]
+
+
+def load_written(cls, path):
+    """transformers' model of an engine output directory: the family's class, or the
+    directory's own code where its config maps one (FLAP biases the class has no slot for)."""
+    with open(os.path.join(path, "config.json")) as f:
+        cfg = json.load(f)
+    if "AutoModelForCausalLM" in cfg.get("auto_map", {}):
+        from transformers import AutoModelForCausalLM
+        m = AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True, attn_implementation="eager",
+                                                 dtype=torch.float32)
+    else:
+        m = cls.from_pretrained(path, attn_implementation="eager", dtype=torch.float32)
+    return m.eval()
+
+
+def roundtrip(binary):
+    """Prunes every family fixture with the engine, reloads the outputs in transformers and
+    stores transformers' logits of them in the fixture's reference.safetensors."""
+    from safetensors.torch import load_file
+    for name, cls, _, _ in FAMILIES:
+        fix = os.path.join(FIX, name)
+        ref_path = os.path.join(fix, "reference.safetensors")
+        ref = load_file(ref_path)
+        ref = {k: v for k, v in ref.items() if not k.startswith("hf_")}
+        ids = ref["input_ids"]
+        with tempfile.TemporaryDirectory() as tmp:
+            for method in ROUNDTRIP_METHODS:
+                out = os.path.join(tmp, method)
+                cmd = [binary, "prune", "--model", fix, "--calib", os.path.join(fix, "calib_ids.npy"),
+                       "--sparsity", str(SPARSITY), "--method", method, "--device", "cpu", "--out", out]
+                subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL)
+                model = load_written(cls, out)
+                # every tensor of the written file is a parameter of the loaded model (nothing dropped)
+                from safetensors import safe_open
+                with safe_open(os.path.join(out, "model.safetensors"), "pt") as f:
+                    written = set(f.keys())
+                params = set(model.state_dict().keys())
+                dropped = written - params
+                assert not dropped, f"{name} {method}: transformers dropped {sorted(dropped)[:4]}"
+                logits = logits_of(model, ids)
+                assert torch.isfinite(logits).all()
+                rel = ((logits - ref["logits"]).norm() / ref["logits"].norm()).item()
+                print(f"[{name}] {method}: written output reloaded in transformers, rel logit diff to dense {rel:.4f}")
+                ref[f"hf_{method.replace('-', '_')}_logits"] = logits.contiguous()
+        save_file(ref, ref_path, metadata={"format": "pt"})
+
+
 def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "--roundtrip":
+        roundtrip(sys.argv[2])
+        return 0
     os.makedirs(FIX, exist_ok=True)
     calib_path = os.path.join(FIX, "calib.txt")
     with open(calib_path, "w") as f:
@@ -448,6 +595,8 @@ def main():
     build("opt-tiny", OPTForCausalLM, opt_config(), 100, tok)
     build("llama-mha", LlamaForCausalLM, llama_mha_config(), 200, tok)
     build("llama-gqa", LlamaForCausalLM, llama_gqa_config(), 300, tok)
+    for name, cls, cfg, seed in FAMILIES:
+        build(name, cls, cfg(), seed, tok)
     total = 0
     for dp, _, fs in sorted(os.walk(FIX)):
         for fn in sorted(fs):
@@ -456,7 +605,10 @@ def main():
             total += sz
             print(f"{sz:>9}  {os.path.relpath(p, ROOT)}")
     print(f"{total:>9}  total bytes")
-    assert total < 5 * 1024 * 1024
+    assert total < 8 * 1024 * 1024
+    for name, _, _, _ in FAMILIES:  # each family fixture stays small (with --roundtrip's logits: +123 KB)
+        d = os.path.join(FIX, name)
+        assert sum(os.path.getsize(os.path.join(d, f)) for f in os.listdir(d)) < 800 * 1024, name
 
 
 if __name__ == "__main__":

@@ -32,66 +32,160 @@ pub fn is_npy(path: &Path) -> bool {
     path.extension().is_some_and(|e| e.eq_ignore_ascii_case("npy"))
 }
 
-/// Reads a `.npy` of integer ids (any integer dtype), 1-D or 2-D.
-pub fn read_npy(path: &Path) -> Result<Tokens> {
+/// What a token file is for; its errors are labelled with it (`calibration: ...` or `evaluation: ...`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    Calibration,
+    Evaluation,
+}
+
+impl Role {
+    /// An error about the file `path`, labelled with this role.
+    pub fn err(self, path: &Path, msg: impl std::fmt::Display) -> FaspError {
+        let m = format!("{}: {msg}", path.display());
+        match self {
+            Role::Calibration => FaspError::Calib(m),
+            Role::Evaluation => FaspError::Eval(m),
+        }
+    }
+}
+
+/// The `.npy` layout as far as it can be checked before the array is parsed: the offset of the
+/// data and the element count of the shape. `Ok(None)` when the bytes are not a `.npy` of a
+/// version this knows (npyz then says what is wrong). The shape is read here, with checked
+/// arithmetic, because npyz multiplies its dimensions without an overflow check.
+fn npy_layout(bytes: &[u8]) -> std::result::Result<Option<(usize, Vec<u64>, u64)>, String> {
+    if bytes.len() < 10 || &bytes[..6] != b"\x93NUMPY" {
+        return Ok(None);
+    }
+    let (len_bytes, start) = match bytes[6] {
+        1 => (2, 10),
+        2 | 3 => (4, 12),
+        _ => return Ok(None),
+    };
+    if bytes.len() < start {
+        return Err(format!("truncated .npy: the header length needs {start} bytes, the file has {}", bytes.len()));
+    }
+    let hlen = bytes[8..8 + len_bytes].iter().rev().fold(0usize, |a, &b| (a << 8) | b as usize);
+    let data = start + hlen;
+    if bytes.len() < data {
+        return Err(format!("truncated .npy: the header needs {data} bytes, the file has {}", bytes.len()));
+    }
+    let header = String::from_utf8_lossy(&bytes[start..data]);
+    let Some(key) = header.find("'shape'").or_else(|| header.find("\"shape\"")) else { return Ok(None) };
+    let rest = &header[key + 7..];
+    let (Some(open), Some(close)) = (rest.find('('), rest.find(')')) else { return Ok(None) };
+    if close < open {
+        return Ok(None);
+    }
+    let tuple = &rest[open + 1..close];
+    let bad = || format!("the header's shape ({tuple}) is not a tuple of non-negative decimal integers");
+    let shape = tuple
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .map(|d| if d.bytes().all(|b| b.is_ascii_digit()) { d.parse::<u64>().map_err(|_| bad()) } else { Err(bad()) })
+        .collect::<std::result::Result<Vec<u64>, String>>()?;
+    let count = shape
+        .iter()
+        .try_fold(1u64, |a, &d| a.checked_mul(d))
+        .ok_or_else(|| format!("the header's shape {shape:?} has more elements than fit in 64 bits"))?;
+    Ok(Some((data, shape, count)))
+}
+
+/// Token ids from integers of any width; a value that is no `u32` is an error naming it.
+fn to_ids<T: Copy + TryInto<u32> + std::fmt::Display>(vals: Vec<T>) -> std::result::Result<Vec<u32>, String> {
+    let mut ids = Vec::with_capacity(vals.len());
+    for v in vals {
+        ids.push(v.try_into().map_err(|_| format!("token id {v} is out of range"))?);
+    }
+    Ok(ids)
+}
+
+/// Reads a `.npy` of integer ids (any integer dtype), 1-D or 2-D. Sizes come from the header and
+/// are checked against the file before anything is allocated.
+pub fn read_npy(path: &Path, role: Role) -> Result<Tokens> {
     let bytes = std::fs::read(path).map_err(|e| FaspError::io(path, e))?;
-    let err = |m: String| FaspError::Calib(format!("{}: {m}", path.display()));
+    let err = |m: String| role.err(path, m);
+    let layout = npy_layout(&bytes).map_err(err)?;
     let npy = npyz::NpyFile::new(&bytes[..]).map_err(|e| err(format!("not a valid .npy file: {e}")))?;
-    let shape: Vec<usize> = npy.shape().iter().map(|&s| s as usize).collect();
+    let shape: Vec<u64> = npy.shape().to_vec();
+    if shape.is_empty() || shape.len() > 2 {
+        return Err(err(format!("expected a 1-D or 2-D array, got shape {shape:?}")));
+    }
     if npy.order() != npyz::Order::C && shape.len() == 2 {
         return Err(err("Fortran-ordered arrays are not supported; save with C order".into()));
     }
     let type_str = npy.dtype().descr();
-    let vals: Vec<i64> = match npy.dtype() {
-        npyz::DType::Plain(ts) => match (ts.type_char(), ts.size_field()) {
-            (npyz::TypeChar::Int, 8) => npy.into_vec::<i64>().map_err(|e| err(e.to_string()))?,
-            (npyz::TypeChar::Int, 4) => npy.into_vec::<i32>().map_err(|e| err(e.to_string()))?.into_iter().map(i64::from).collect(),
-            (npyz::TypeChar::Int, 2) => npy.into_vec::<i16>().map_err(|e| err(e.to_string()))?.into_iter().map(i64::from).collect(),
-            (npyz::TypeChar::Uint, 4) => npy.into_vec::<u32>().map_err(|e| err(e.to_string()))?.into_iter().map(i64::from).collect(),
-            (npyz::TypeChar::Uint, 2) => npy.into_vec::<u16>().map_err(|e| err(e.to_string()))?.into_iter().map(i64::from).collect(),
-            (npyz::TypeChar::Uint, 8) => {
-                npy.into_vec::<u64>().map_err(|e| err(e.to_string()))?.into_iter().map(|v| i64::try_from(v).unwrap_or(-1)).collect()
-            }
-            _ => return Err(err(format!("dtype {type_str:?} is not an integer type"))),
-        },
-        _ => return Err(err(format!("dtype {type_str:?} is not an integer type"))),
-    };
-    if vals.is_empty() {
+    let not_int = || err(format!("dtype {type_str:?} is not an integer type"));
+    let npyz::DType::Plain(ts) = npy.dtype() else { return Err(not_int()) };
+    if !matches!(ts.type_char(), npyz::TypeChar::Int | npyz::TypeChar::Uint) {
+        return Err(not_int());
+    }
+    if let Some((data, _, count)) = layout {
+        let need = count.checked_mul(ts.size_field());
+        let have = (bytes.len() - data) as u64;
+        if need.is_none_or(|n| n > have) {
+            return Err(err(format!(
+                "truncated .npy: shape {shape:?} of {ts} needs {} bytes of data after the {data}-byte header, but the file has {have}",
+                need.map_or("more than 2^64".to_string(), |n| n.to_string())
+            )));
+        }
+    }
+    let to = |e: std::io::Error| err(e.to_string());
+    let ids: Vec<u32> = match (ts.type_char(), ts.size_field()) {
+        (npyz::TypeChar::Int, 8) => to_ids(npy.into_vec::<i64>().map_err(to)?),
+        (npyz::TypeChar::Int, 4) => to_ids(npy.into_vec::<i32>().map_err(to)?),
+        (npyz::TypeChar::Int, 2) => to_ids(npy.into_vec::<i16>().map_err(to)?),
+        (npyz::TypeChar::Int, 1) => to_ids(npy.into_vec::<i8>().map_err(to)?),
+        (npyz::TypeChar::Uint, 8) => to_ids(npy.into_vec::<u64>().map_err(to)?),
+        (npyz::TypeChar::Uint, 4) => to_ids(npy.into_vec::<u32>().map_err(to)?),
+        (npyz::TypeChar::Uint, 2) => to_ids(npy.into_vec::<u16>().map_err(to)?),
+        (npyz::TypeChar::Uint, 1) => to_ids(npy.into_vec::<u8>().map_err(to)?),
+        _ => return Err(not_int()),
+    }
+    .map_err(err)?;
+    if ids.is_empty() {
         return Err(err("contains no token ids".into()));
     }
-    if let Some(v) = vals.iter().find(|&&v| v < 0 || v > u32::MAX as i64) {
-        return Err(err(format!("token id {v} is out of range")));
-    }
-    let ids: Vec<u32> = vals.into_iter().map(|v| v as u32).collect();
     match shape.as_slice() {
         [_] => Ok(Tokens::Stream(ids)),
-        [n, l] => Ok(Tokens::Windows { ids, n: *n, seqlen: *l }),
-        _ => Err(err(format!("expected a 1-D or 2-D array, got shape {shape:?}"))),
+        [n, l] => Ok(Tokens::Windows { ids, n: *n as usize, seqlen: *l as usize }),
+        _ => unreachable!("the rank was checked above"),
     }
 }
 
 /// Tokenizes a text file as one stream.
-pub fn tokenize_file(path: &Path, tok: &tokenizers::Tokenizer) -> Result<Vec<u32>> {
+pub fn tokenize_file(path: &Path, tok: &tokenizers::Tokenizer, role: Role) -> Result<Vec<u32>> {
     let text = std::fs::read_to_string(path).map_err(|e| FaspError::io(path, e))?;
     if text.trim().is_empty() {
-        return Err(FaspError::Calib(format!("{}: the file is empty", path.display())));
+        return Err(role.err(path, "the file is empty"));
     }
-    let enc = tok.encode(text.as_str(), false).map_err(|e| FaspError::Calib(format!("{}: tokenization failed: {e}", path.display())))?;
+    let enc = tok.encode(text.as_str(), false).map_err(|e| role.err(path, format!("tokenization failed: {e}")))?;
     Ok(enc.get_ids().to_vec())
 }
 
 /// Token ids of a text or `.npy` file.
-pub fn load_tokens(path: &Path, tok: Option<&tokenizers::Tokenizer>) -> Result<Tokens> {
+pub fn load_tokens(path: &Path, tok: Option<&tokenizers::Tokenizer>, role: Role) -> Result<Tokens> {
     if !path.exists() {
-        return Err(FaspError::Calib(format!("{}: no such file", path.display())));
+        return Err(role.err(path, "no such file"));
+    }
+    if path.is_dir() {
+        return Err(role.err(path, "is a directory; expected a text file or a .npy of token ids"));
     }
     if is_npy(path) {
-        return read_npy(path);
+        return read_npy(path, role);
     }
-    let tok = tok.ok_or_else(|| {
-        FaspError::Calib(format!("{}: text needs the model's tokenizer.json, and the model has none (pass .npy token ids)", path.display()))
-    })?;
-    Ok(Tokens::Stream(tokenize_file(path, tok)?))
+    let tok = tok.ok_or_else(|| role.err(path, "text needs the model's tokenizer.json, and the model has none (pass .npy token ids)"))?;
+    Ok(Tokens::Stream(tokenize_file(path, tok, role)?))
+}
+
+/// Every id is below the vocabulary size (an id past it would index past the embedding).
+pub fn check_vocab(ids: &[u32], vocab: usize, path: &Path, role: Role) -> Result<()> {
+    match ids.iter().find(|&&t| t as usize >= vocab) {
+        Some(&bad) => Err(role.err(path, format!("token id {bad} is outside the vocabulary ({vocab})"))),
+        None => Ok(()),
+    }
 }
 
 /// `n` windows of `seqlen` drawn from a stream (see the module doc for the sampler).
@@ -121,7 +215,7 @@ pub fn calibration(
     seed: u64,
     vocab: usize,
 ) -> Result<Windows> {
-    let (ids, n, l, kind, stream_len) = match load_tokens(path, tok)? {
+    let (ids, n, l, kind, stream_len) = match load_tokens(path, tok, Role::Calibration)? {
         Tokens::Windows { ids, n, seqlen: l } => {
             if let Some(want) = seqlen.filter(|&s| s != l) {
                 return Err(FaspError::Calib(format!("{}: windows have length {l}, but --seqlen is {want}", path.display())));
@@ -140,9 +234,7 @@ pub fn calibration(
             (sample_windows(&stream, n, l, seed)?, n, l, kind, Some(stream.len()))
         }
     };
-    if let Some(&bad) = ids.iter().find(|&&t| t as usize >= vocab) {
-        return Err(FaspError::Calib(format!("{}: token id {bad} is outside the vocabulary ({vocab})", path.display())));
-    }
+    check_vocab(&ids, vocab, path, Role::Calibration)?;
     let source = serde_json::json!({
         "path": path.display().to_string(),
         "kind": kind,
@@ -168,5 +260,29 @@ mod tests {
             assert!(w.windows(2).all(|p| p[1] == p[0] + 1), "windows are contiguous slices");
         }
         assert!(sample_windows(&stream[..10], 1, 16, 0).is_err());
+    }
+
+    fn npy(shape: &str, data: usize) -> Vec<u8> {
+        let dict = format!("{{'descr': '<i8', 'fortran_order': False, 'shape': {shape}, }}\n");
+        let mut b = b"\x93NUMPY\x01\x00".to_vec();
+        b.extend_from_slice(&(dict.len() as u16).to_le_bytes());
+        b.extend_from_slice(dict.as_bytes());
+        b.resize(b.len() + data, 0);
+        b
+    }
+
+    #[test]
+    fn npy_sizes_are_checked_before_npyz_multiplies_them() {
+        let b = npy("(3, 4)", 96);
+        let (data, shape, count) = npy_layout(&b).unwrap().unwrap();
+        assert_eq!((data, shape, count), (b.len() - 96, vec![3, 4], 12));
+        assert_eq!(npy_layout(&npy("(5,)", 0)).unwrap().unwrap().2, 5);
+        // (2^63 + 1) * 2 wraps to 2 in u64 arithmetic
+        assert!(npy_layout(&npy("(9223372036854775809, 2)", 16)).unwrap_err().contains("more elements than fit"));
+        assert!(npy_layout(&npy("(-1, 2)", 16)).unwrap_err().contains("decimal integers"));
+        let b = npy("(3, 4)", 0);
+        assert!(npy_layout(&b[..20]).unwrap_err().contains("the header needs"));
+        // not a .npy: left to npyz to describe
+        assert!(npy_layout(b"hello, world").unwrap().is_none());
     }
 }

@@ -17,6 +17,9 @@ pub enum FaspError {
     Tensor { name: String, msg: String },
     #[error("calibration: {0}")]
     Calib(String),
+    /// An evaluation token file (`eval --text/--tokens`, `prune --eval`, `sweep --eval`).
+    #[error("evaluation: {0}")]
+    Eval(String),
     #[error("invalid argument: {0}")]
     Arg(String),
     #[error("layer {layer}, {pair} pair: {msg}")]
@@ -32,6 +35,9 @@ pub enum FaspError {
     Device(#[from] crate::backend::cuda::device::DeviceError),
     #[error("GGUF: {0}")]
     Gguf(String),
+    /// A GGUF reader error; its message names the file already.
+    #[error(transparent)]
+    GgufFile(#[from] crate::gguf::GgufError),
 }
 
 pub type Result<T, E = FaspError> = std::result::Result<T, E>;

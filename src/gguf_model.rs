@@ -31,19 +31,19 @@ impl TensorSource for GgufSource {
         self.shapes.contains_key(name).then_some(DType::F32)
     }
     fn load_f32(&self, name: &str) -> Result<Vec<f32>> {
-        self.file.hf_tensor_f32(name).map(|(_, d)| d).map_err(|e| gguf_err(&self.path, e))
+        self.file.hf_tensor_f32(name).map(|(_, d)| d).map_err(Into::into)
     }
     fn describe(&self) -> String {
         self.path.display().to_string()
     }
     fn tokenizer_json(&self) -> Option<Result<String>> {
-        Some(self.file.tokenizer_json().map_err(|e| gguf_err(&self.path, e)))
+        Some(self.file.tokenizer_json().map_err(Into::into))
     }
 }
 
 pub fn open(path: &Path) -> Result<Model> {
-    let file = GgufFile::open(path).map_err(|e| gguf_err(path, e))?;
-    let raw = file.hf_config().map_err(|e| gguf_err(path, e))?;
+    let file = GgufFile::open(path)?;
+    let raw = file.hf_config()?;
     let cfg = ModelConfig::from_json(raw).map_err(|e| match e {
         FaspError::Arg(m) => gguf_err(path, m),
         other => other,

@@ -156,10 +156,12 @@ pub fn prune_and_eval(
 /// Eval windows of a text or `.npy` file (a 2-D array is read row after row).
 pub fn eval_ids(model: &Model, path: &Path, seqlen: usize, max_windows: Option<usize>) -> Result<Vec<u32>> {
     let tok = if calib::is_npy(path) { None } else { model.tokenizer()? };
-    let stream = match calib::load_tokens(path, tok.as_ref())? {
+    let stream = match calib::load_tokens(path, tok.as_ref(), calib::Role::Evaluation)? {
         calib::Tokens::Stream(s) => s,
         calib::Tokens::Windows { ids, .. } => ids,
     };
+    // checked here, not in the forward pass: `prune --eval` embeds the windows before any perplexity
+    calib::check_vocab(&stream, model.cfg.vocab, path, calib::Role::Evaluation)?;
     crate::eval::windows(&stream, seqlen, max_windows)
 }
 
@@ -199,6 +201,11 @@ pub fn backend_announced(device: Device, announce: bool) -> Result<Box<dyn Backe
 
 pub fn run_prune(job: &PruneJob) -> Result<PruneSummary> {
     let t_start = Instant::now();
+    let mut inputs: Vec<(&str, &Path)> = vec![("input model", job.model.as_path()), ("calibration file", job.calib.as_path())];
+    if let Some(e) = &job.eval {
+        inputs.push(("evaluation file", e.path.as_path()));
+    }
+    output::check_out_vs_inputs(&job.out, &inputs)?;
     let model = Model::open(&job.model)?;
     output::check_out(&job.out, &job.model, job.force)?;
     let tok = if calib::is_npy(&job.calib) { None } else { model.tokenizer()? };
@@ -310,6 +317,7 @@ pub fn run_eval(
 
 /// `convert`: writes a model (e.g. a `.gguf`) as a dense HF directory, unchanged but for the dtype.
 pub fn run_convert(input: &Path, out: &Path, dtype: Option<DType>, force: bool) -> Result<usize> {
+    output::check_out_vs_inputs(out, &[("input model", input)])?;
     let model = Model::open(input)?;
     let mut writer = ModelWriter::create(out, &model, force, dtype.unwrap_or(DType::F32), false)?;
     for l in 0..model.cfg.layers {

@@ -27,13 +27,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
+    // allow_negative_numbers: `--sparsity -0.1` reaches the range check instead of being taken for a flag
     /// Prune a model and write a dense-equivalent HF directory (or the compact form) with fasp.json.
+    #[command(allow_negative_numbers = true)]
     Prune(PruneArgs),
     /// Perplexity of a model (dense, pruned dense-equivalent, or compact) on a text or .npy token file.
+    #[command(allow_negative_numbers = true)]
     Eval(EvalArgs),
     /// Print a model's architecture, shapes, dtype and parameter counts.
     Inspect(InspectArgs),
     /// Methods x sparsities on the same data: a perplexity table, a CSV and an SVG plot.
+    #[command(allow_negative_numbers = true)]
     Sweep(SweepArgs),
     /// Merge the CSVs of several sweeps run with the same settings: tables, one CSV and the plots.
     Report(ReportArgs),
@@ -42,6 +46,7 @@ enum Cmd {
     /// Time the prune pipeline on seeded synthetic weights of a published OPT/LLaMA shape, with a
     /// phase breakdown and the physical floor.
     #[command(long_about = BENCH_ABOUT)]
+    #[command(allow_negative_numbers = true)]
     Bench(BenchArgs),
 }
 
@@ -57,7 +62,7 @@ struct SweepArgs {
     #[arg(long, default_value = "fasp,fasp-no-restore,wanda-sp,flap,magnitude,random")]
     methods: String,
     /// Comma-separated sparsities in [0, 1).
-    #[arg(long, default_value = "0.1,0.2,0.3")]
+    #[arg(long, default_value = "0.1,0.2,0.3", allow_hyphen_values = true)]
     sparsities: String,
     #[command(flatten)]
     calib: CalibArgs,
@@ -65,7 +70,7 @@ struct SweepArgs {
     #[arg(long, default_value_t = 2048)]
     eval_seqlen: usize,
     /// At most this many evaluation windows per set.
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     eval_windows: Option<usize>,
     /// Where to write sweep.csv and one sweep-NAME.svg per evaluation set.
     #[arg(long, default_value = "sweep-out")]
@@ -104,16 +109,22 @@ fn sweep(a: SweepArgs) -> Result<()> {
         eval_windows: a.eval_windows,
         device: a.device,
     };
-    std::fs::create_dir_all(&a.out_dir).with_context(|| format!("creating {}", a.out_dir.display()))?;
+    if a.out_dir.exists() && !a.out_dir.is_dir() {
+        anyhow::bail!("--out-dir {}: exists and is not a directory", a.out_dir.display());
+    }
     // The CSV is rewritten after every row, so an interrupted sweep keeps what it measured
-    // (`fasp-engine report` merges it with a later sweep of the remaining methods).
+    // (`fasp-engine report` merges it with a later sweep of the remaining methods). The directory
+    // is made with the first row, once every argument and input has been validated.
     let csv = a.out_dir.join("sweep.csv");
     let mut so_far = Vec::new();
     let mut csv_err = None;
     let rows = sweep::run(&spec, |r| {
         eprintln!("{:<16} s={:<5} {:<10} ppl {:.4}", r.method, r.sparsity, r.eval, r.ppl);
         so_far.push(r.clone());
-        if let Err(e) = sweep::write_csv(&so_far, &csv) {
+        let written = std::fs::create_dir_all(&a.out_dir)
+            .map_err(|e| fasp_engine::error::FaspError::io(&a.out_dir, e))
+            .and_then(|()| sweep::write_csv(&so_far, &csv));
+        if let Err(e) = written {
             csv_err.get_or_insert(e);
         }
     })?;
@@ -156,7 +167,7 @@ fn report(a: ReportArgs) -> Result<()> {
     use fasp_engine::sweep;
     let sets = a.csvs.iter().map(|p| sweep::read_csv(p)).collect::<Result<Vec<_>, _>>()?;
     let rows = sweep::merge(sets)?;
-    std::fs::create_dir_all(&a.out_dir).with_context(|| format!("creating {}", a.out_dir.display()))?;
+    std::fs::create_dir_all(&a.out_dir).map_err(|e| fasp_engine::error::FaspError::io(&a.out_dir, e))?;
     sweep::write_csv(&rows, &a.out_dir.join("sweep.csv"))?;
     tables_and_plots(&rows, &a.out_dir)
 }
@@ -223,6 +234,7 @@ struct PruneArgs {
     #[arg(long)]
     model: PathBuf,
     /// Output directory. Written to a temporary directory beside it and renamed into place at the end.
+    /// It may not be, contain or lie inside an input (model, calibration or --eval file).
     #[arg(long)]
     out: PathBuf,
     /// Fraction of the units of every pair to remove, in [0, 1). Pruned p = floor(n*s + 0.5).
@@ -260,7 +272,7 @@ struct PruneArgs {
     #[arg(long, default_value_t = 2048)]
     eval_seqlen: usize,
     /// At most this many --eval windows.
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     eval_windows: Option<usize>,
     /// With --eval, evaluate the dense model first and print the comparison.
     #[arg(long)]
@@ -288,7 +300,7 @@ struct EvalArgs {
     #[arg(long, default_value_t = 2048)]
     seqlen: usize,
     /// Evaluate at most this many windows (the first ones).
-    #[arg(long)]
+    #[arg(long, value_parser = at_least_one)]
     max_windows: Option<usize>,
     /// Print one JSON object: ppl, nll_sum, seqlen, windows, predicted_tokens.
     #[arg(long)]
@@ -349,6 +361,15 @@ struct BenchArgs {
     /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
+}
+
+/// A count of windows: 0 would leave nothing to evaluate.
+fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1 (0 windows leave nothing to evaluate)".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(e.to_string()),
+    }
 }
 
 fn parse_dtype(s: &str) -> Result<DType, String> {
@@ -529,6 +550,23 @@ fn bench(a: BenchArgs) -> Result<()> {
     Ok(())
 }
 
+/// The error and its causes on one line, each said once: a cause whose text the line already holds
+/// (a message that quotes its source, as `PATH: OS error` does) is not repeated.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string().replace('\n', " ");
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
+}
+
 fn main() -> ExitCode {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
@@ -551,7 +589,7 @@ fn main() -> ExitCode {
     match r {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            eprintln!("error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }

@@ -69,6 +69,48 @@ pub fn check_out(out: &Path, input: &Path, force: bool) -> Result<()> {
     Ok(())
 }
 
+/// Refuses an `out` that overlaps an input, with or without `--force`: `out` may not be an input,
+/// contain one (replacing it would delete it) or lie inside an input directory (it would write
+/// into the input model). `inputs` are (what, path) pairs, e.g. ("calibration file", calib); a
+/// directory input (an HF model) counts with every entry in it, so that symlinked shards or
+/// tokenizer files (as in the Hugging Face cache) are compared where they really live.
+pub fn check_out_vs_inputs(out: &Path, inputs: &[(&str, &Path)]) -> Result<()> {
+    // the lexical absolute form and, when it exists, where it resolves to
+    let mut out_forms = vec![absolute(out)];
+    if let Ok(c) = std::fs::canonicalize(out) {
+        out_forms.push(c);
+    }
+    let mut checks: Vec<(String, PathBuf, bool)> = Vec::new();
+    for &(what, input) in inputs {
+        let is_dir = input.is_dir();
+        for p in [absolute(input), std::fs::canonicalize(input).unwrap_or_else(|_| absolute(input))] {
+            checks.push((format!("{what} {}", input.display()), p, is_dir));
+        }
+        if is_dir {
+            for e in std::fs::read_dir(input).into_iter().flatten().flatten() {
+                if let Ok(c) = std::fs::canonicalize(e.path()) {
+                    checks.push((format!("{what} {} ({})", input.display(), e.file_name().to_string_lossy()), c, false));
+                }
+            }
+        }
+    }
+    for o in &out_forms {
+        for (what, p, is_dir) in &checks {
+            let msg = if o == p {
+                format!("refusing to write over the {what}; choose another --out")
+            } else if p.starts_with(o) {
+                format!("contains the {what}; choose another --out (replacing it would delete the input)")
+            } else if *is_dir && o.starts_with(p) {
+                format!("is inside the {what}; choose another --out")
+            } else {
+                continue;
+            };
+            return Err(out_err(out, msg));
+        }
+    }
+    Ok(())
+}
+
 /// `check_out`, then creates the temporary directory beside `out`.
 pub fn prepare_out(out: &Path, input: &Path, force: bool) -> Result<TempDir> {
     check_out(out, input, force)?;
@@ -167,6 +209,29 @@ pub fn write_json(path: &Path, v: &serde_json::Value) -> Result<()> {
     let text = serde_json::to_string_pretty(v).expect("JSON values serialize");
     std::fs::write(path, text + "\n").map_err(|e| FaspError::io(path, e))
 }
+
+/// Shipped with an output whose FLAP compensation added o_proj / down_proj biases that the
+/// family's transformers class has no slot for (`fasp_extra_biases` in config.json).
+const FASP_BIASES_PY: &str = r#""""Written by fasp-engine: {base} with the o_proj / down_proj biases that FLAP's bias
+compensation added (config.json lists them in `fasp_extra_biases`). transformers' {base} has no
+place for them; load this directory with
+    AutoModelForCausalLM.from_pretrained(path, trust_remote_code=True)
+Without trust_remote_code, transformers drops these biases (warning that some weights were not
+used) and the model is not the pruned one.
+"""
+import torch
+from transformers import {base}
+
+
+class {class}({base}):
+    def __init__(self, config):
+        super().__init__(config)
+        extra = set(getattr(config, "fasp_extra_biases", None) or [])
+        for layer in self.model.layers:
+            for key, lin in (("o_proj", layer.self_attn.o_proj), ("down_proj", layer.mlp.down_proj)):
+                if key in extra and lin.bias is None:
+                    lin.bias = torch.nn.Parameter(torch.zeros(lin.out_features, dtype=lin.weight.dtype, device=lin.weight.device))
+"#;
 
 /// Writes the pruned model layer by layer.
 pub struct ModelWriter {
@@ -349,7 +414,14 @@ impl ModelWriter {
         extra.sort_unstable();
         extra.dedup();
         if !extra.is_empty() {
+            // transformers' class of this family has no slot for these biases: ship a subclass
+            // that adds them, mapped for `trust_remote_code=True` (README "FLAP's added biases")
             obj.insert("fasp_extra_biases".into(), serde_json::to_value(&extra).expect("serializable"));
+            let class = format!("FaspBiased{}", a.hf_class);
+            obj.insert("auto_map".into(), serde_json::json!({"AutoModelForCausalLM": format!("fasp_biases.{class}")}));
+            let code = FASP_BIASES_PY.replace("{base}", a.hf_class).replace("{class}", &class);
+            let path = dir.join("fasp_biases.py");
+            std::fs::write(&path, code).map_err(|e| FaspError::io(&path, e))?;
         }
         if !model.head_is_tied() {
             obj.insert("tie_word_embeddings".into(), false.into());

@@ -76,6 +76,21 @@ pub fn run(spec: &SweepSpec, mut on_row: impl FnMut(&SweepRow)) -> Result<Vec<Sw
     let windows = calib::calibration(&spec.calib, tok.as_ref(), spec.nsamples, spec.seqlen, spec.seed, model.cfg.vocab)?;
     let evals: Vec<EvalSet> =
         spec.evals.iter().map(|(n, p)| EvalSet::load(&model, n, p, spec.eval_seqlen, spec.eval_windows)).collect::<Result<_>>()?;
+    // every setting and the device are checked before the first row, so a bad one fails up front
+    let config = |m: &SweepMethod, s: f64| PruneConfig {
+        sparsity: s,
+        damp: spec.damp,
+        restore: m.restore,
+        skip_attn: false,
+        method: m.method,
+        seed: spec.seed,
+    };
+    for m in &spec.methods {
+        for &s in &spec.sparsities {
+            crate::prune::pipeline::check_settings(&model, &config(m, s))?;
+        }
+    }
+    drop(job::backend(spec.device)?);
     let mut rows = Vec::new();
     let dense_params = model.param_count();
     for e in &evals {
@@ -96,8 +111,7 @@ pub fn run(spec: &SweepSpec, mut on_row: impl FnMut(&SweepRow)) -> Result<Vec<Sw
     let non_layer = model.non_layer_param_count();
     for m in &spec.methods {
         for &s in &spec.sparsities {
-            let opts =
-                PruneConfig { sparsity: s, damp: spec.damp, restore: m.restore, skip_attn: false, method: m.method, seed: spec.seed };
+            let opts = config(m, s);
             let mut backend = job::backend(spec.device)?;
             let mut params = non_layer;
             let t0 = std::time::Instant::now();

@@ -29,7 +29,7 @@ fn assets() -> Option<(PathBuf, PathBuf, PathBuf)> {
 }
 
 fn eval_ids() -> (Vec<u32>, usize) {
-    match calib::read_npy(&fixture("smollm2/eval_ids.npy")).unwrap() {
+    match calib::read_npy(&fixture("smollm2/eval_ids.npy"), calib::Role::Evaluation).unwrap() {
         Tokens::Windows { ids, seqlen, .. } => (ids, seqlen),
         Tokens::Stream(_) => panic!("eval_ids.npy is 2-D"),
     }

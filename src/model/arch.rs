@@ -163,6 +163,9 @@ pub struct Arch {
     pub aliases: &'static [&'static str],
     /// GGUF `general.architecture`.
     pub gguf_arch: &'static str,
+    /// transformers' causal-LM class of this family (named in the code an output ships for
+    /// biases the class has no slot for, see `output.rs`).
+    pub hf_class: &'static str,
     /// HF prefixes of the model tensors, most usual first (the loader picks the one whose embedding exists).
     pub prefixes: &'static [&'static str],
     /// HF names after the prefix: embedding, learned positions, final norm weight and bias.
@@ -277,6 +280,7 @@ const LLAMA: Arch = Arch {
     model_type: "llama",
     aliases: &[],
     gguf_arch: "llama",
+    hf_class: "LlamaForCausalLM",
     prefixes: &["model.", ""],
     embed: "embed_tokens.weight",
     positions_tensor: None,
@@ -312,6 +316,7 @@ pub static ARCHS: [Arch; 6] = [
         model_type: "opt",
         aliases: &[],
         gguf_arch: "opt",
+        hf_class: "OPTForCausalLM",
         prefixes: &["model.decoder.", "decoder."],
         embed: "embed_tokens.weight",
         positions_tensor: Some("embed_positions.weight"),
@@ -336,6 +341,7 @@ pub static ARCHS: [Arch; 6] = [
         family: Family::Mistral,
         model_type: "mistral",
         gguf_arch: "mistral",
+        hf_class: "MistralForCausalLM",
         attn_biases: AttnBiases::Fixed { q: false, k: false, v: false, o: false },
         mlp_bias_key: None,
         sliding: SlidingRule::AllWhenSet,
@@ -345,6 +351,7 @@ pub static ARCHS: [Arch; 6] = [
         family: Family::Qwen2,
         model_type: "qwen2",
         gguf_arch: "qwen2",
+        hf_class: "Qwen2ForCausalLM",
         attn_biases: AttnBiases::Fixed { q: true, k: true, v: true, o: false },
         mlp_bias_key: None,
         sliding: SlidingRule::QwenMaxWindow,
@@ -355,6 +362,7 @@ pub static ARCHS: [Arch; 6] = [
         family: Family::Qwen3,
         model_type: "qwen3",
         gguf_arch: "qwen3",
+        hf_class: "Qwen3ForCausalLM",
         qk_norm: true,
         mlp_bias_key: None,
         head_dim_default: Some(128),
@@ -366,6 +374,7 @@ pub static ARCHS: [Arch; 6] = [
         family: Family::Gemma3,
         model_type: "gemma3_text",
         gguf_arch: "gemma3",
+        hf_class: "Gemma3ForCausalLM",
         layer_tensors: GEMMA3_LAYER,
         norm: NormKind::RmsNormPlusOne,
         post_norms: true,

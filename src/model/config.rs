@@ -132,10 +132,11 @@ impl Fields<'_> {
     fn f64(&self, key: &str) -> Result<Option<f64>> {
         self.get(key).map(|v| v.as_f64().filter(|x| x.is_finite()).ok_or_else(|| wrong(key, "a number", v))).transpose()
     }
+    /// A positive number that stays positive and finite in f32 (`1e-60` or `1e60` would not).
     fn pos_f32(&self, key: &str) -> Result<Option<f32>> {
         match self.f64(key)? {
-            Some(x) if x > 0.0 => Ok(Some(x as f32)),
-            Some(_) => Err(wrong(key, "a positive number", self.get(key).expect("present"))),
+            Some(x) if x > 0.0 && (x as f32) > 0.0 && (x as f32).is_finite() => Ok(Some(x as f32)),
+            Some(_) => Err(wrong(key, "a positive number within f32 range", self.get(key).expect("present"))),
             None => Ok(None),
         }
     }
@@ -160,8 +161,8 @@ fn parse_rope(what: &str, obj: &Value, theta: f32) -> Result<Rope> {
         Err(_) => return Err(wrong(&key("rope_type"), "a string", &obj["rope_type"])),
     };
     let theta = match f.f64("rope_theta").map_err(|_| wrong(&key("rope_theta"), "a number", &obj["rope_theta"]))? {
-        Some(t) if t > 0.0 => t as f32,
-        Some(t) => return Err(FaspError::Arg(format!("\"{}\" must be positive, got {t}", key("rope_theta")))),
+        Some(t) if t > 0.0 && (t as f32).is_finite() => t as f32,
+        Some(t) => return Err(FaspError::Arg(format!("\"{}\" must be a positive number within f32 range, got {t}", key("rope_theta")))),
         None => theta,
     };
     let num = |k: &str| -> Result<f32> {
@@ -446,11 +447,7 @@ fn opt_checks(f: &Fields, hidden: usize) -> Result<()> {
 /// The global and local rotary embeddings: from `rope_parameters` (transformers' newer layout, one
 /// object or one per layer type), or from `rope_theta` + `rope_scaling` (+ `rope_local_base_freq`).
 fn parse_ropes(f: &Fields, a: &Arch) -> Result<(Rope, Rope)> {
-    let theta = match f.f64("rope_theta")? {
-        Some(t) if t > 0.0 => t as f32,
-        Some(t) => return Err(FaspError::Arg(format!("\"rope_theta\" must be positive, got {t}"))),
-        None => 10000.0,
-    };
+    let theta = f.pos_f32("rope_theta")?.unwrap_or(10000.0);
     let local_theta = f.pos_f32("rope_local_base_freq")?.unwrap_or(10000.0);
     if let Some(p) = f.get("rope_parameters") {
         if p.get("rope_type").is_some() || p.get("rope_theta").is_some() {
@@ -550,6 +547,9 @@ mod tests {
             ("attention_bias", json!(1)),
             ("rope_theta", json!([1])),
             ("head_dim", json!(-8)),
+            // positive in f64 but 0 or infinite in f32
+            ("rms_norm_eps", json!(1e-60)),
+            ("rope_theta", json!(1e300)),
         ] {
             let mut c = base();
             c[key] = val.clone();

@@ -197,6 +197,29 @@ fn updated_w2(old: &Linear, out: &PairOutcome) -> Linear {
     Linear { w: out.restored.w2.clone(), b }
 }
 
+/// The settings are valid for this model, checked before any work starts: not a compact model,
+/// sparsity in [0, 1), a positive damping, and every pair keeps at least one unit.
+pub fn check_settings(model: &Model, opts: &PruneConfig) -> Result<()> {
+    let cfg = &model.cfg;
+    if cfg.compact_v_units.is_some() {
+        return Err(FaspError::Arg(format!("{} is already a FASP compact model; prune the original", model.path.display())));
+    }
+    super::plan::check_sparsity(opts.sparsity)?;
+    if !(opts.damp > 0.0 && opts.damp.is_finite()) {
+        return Err(FaspError::Arg(format!("--damp must be positive, got {}", opts.damp)));
+    }
+    let attn_n = attn_units(model, opts.method.whole_heads()).cols.len();
+    let in_pair = |pair: &str, e: FaspError| match e {
+        FaspError::Arg(m) => FaspError::Arg(format!("{pair} pair: {m}")),
+        other => other,
+    };
+    if !opts.skip_attn {
+        kept_count(attn_n, opts.sparsity).map_err(|e| in_pair("attention", e))?;
+    }
+    kept_count(cfg.ffn, opts.sparsity).map_err(|e| in_pair("MLP", e))?;
+    Ok(())
+}
+
 /// Prunes every layer of `model` with the calibration windows `ids` (`[N, seqlen]` flattened).
 /// `sink` receives each pruned layer in compact form, in order.
 pub fn prune(
@@ -209,23 +232,7 @@ pub fn prune(
     progress: Option<&indicatif::ProgressBar>,
 ) -> Result<PruneReport> {
     let cfg = &model.cfg;
-    if cfg.compact_v_units.is_some() {
-        return Err(FaspError::Arg(format!("{} is already a FASP compact model; prune the original", model.path.display())));
-    }
-    super::plan::check_sparsity(opts.sparsity)?;
-    if !(opts.damp > 0.0 && opts.damp.is_finite()) {
-        return Err(FaspError::Arg(format!("--damp must be positive, got {}", opts.damp)));
-    }
-    // Every pair keeps at least one unit: check before any work starts.
-    let attn_n = attn_units(model, opts.method.whole_heads()).cols.len();
-    let in_pair = |pair: &str, e: FaspError| match e {
-        FaspError::Arg(m) => FaspError::Arg(format!("{pair} pair: {m}")),
-        other => other,
-    };
-    if !opts.skip_attn {
-        kept_count(attn_n, opts.sparsity).map_err(|e| in_pair("attention", e))?;
-    }
-    kept_count(cfg.ffn, opts.sparsity).map_err(|e| in_pair("MLP", e))?;
+    check_settings(model, opts)?;
     if ids.is_empty() || seqlen == 0 || !ids.len().is_multiple_of(seqlen) {
         return Err(FaspError::Calib(format!("{} tokens do not form windows of {seqlen}", ids.len())));
     }
