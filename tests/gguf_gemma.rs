@@ -46,7 +46,7 @@ fn reference() -> serde_json::Value {
 }
 
 fn eval_ids() -> (Vec<u32>, usize) {
-    match calib::read_npy(&fixture("gemma3/eval_ids.npy")).unwrap() {
+    match calib::read_npy(&fixture("gemma3/eval_ids.npy"), calib::Role::Evaluation).unwrap() {
         Tokens::Windows { ids, seqlen, .. } => (ids, seqlen),
         Tokens::Stream(_) => panic!("eval_ids.npy is 2-D"),
     }
