@@ -2,6 +2,8 @@
 //
 // H itself is cuBLAS (ssyrk/sgemm per chunk of tokens); these kernels do the rest:
 //   fasp_stats_diag_f32:        diag[i] = H[i][i]   (the activation norms^2 for the score)
+//   fasp_stats_diag_f64:        the same on the fp64 running H: diag(H) is part of the O(n) summary that the
+//     host gets (scores of the host-scored methods, lambda), so only n doubles leave the device, never H.
 //   fasp_stats_symmetrize_f32:  fill the other triangle of H from the computed one. from_lower != 0 copies
 //     the row-major lower triangle into the upper one (H[i][j] = H[j][i] for j > i); 0 copies upper to lower.
 //     (cuBLAS ssyrk with uplo=UPPER on the column-major view fills the row-major LOWER triangle.)
@@ -10,18 +12,27 @@
 //   fasp_stats_sumsq_partial_f32 + fasp_stats_sum_f64: deterministic sum of (a[i] - b[i])^2 (b NULL: a[i]^2)
 //     in fp64: the first writes one partial per block (partial[blockIdx.x]), the second adds them in index
 //     order (reconstruction errors ||W2 X - W2' X_S||_F^2, Frobenius norms).
+//   fasp_stats_dot_partial_f32 + fasp_stats_sum_f64: deterministic sum of a[i] * b[i] in fp64, the same way.
+//     The device restoration gets its reconstruction errors from its own products with it:
+//     e0 = <W2[:,P] H[P,P], W2[:,P]>, tr(B dW^T) = <W2[:,P] H[P,S], Y>, and ||dW||^2 (sumsq), so
+//     err^2 = e0 - tr(B dW^T) - lambda ||dW||^2 is formed without bringing any matrix to the host.
 // Memory traffic: one pass over each input; symmetrize moves one triangle through 32x33 shared tiles so
 //   both its reads and its writes are coalesced.
 // Launch shapes:
-//   diag, accumulate, f64_to_f32:  block (256), grid (ceil(n/256)) or fewer (grid-stride).
+//   diag (f32, f64), accumulate, f64_to_f32:  block (256), grid (ceil(n/256)) or fewer (grid-stride).
 //   symmetrize:                    block (32, 8), grid (ceil(n/32), ceil(n/32)).
-//   sumsq_partial:                 block (256), grid (P) with P fixed by the caller (e.g. 1024): the result
+//   sumsq_partial, dot_partial:    block (256), grid (P) with P fixed by the caller (e.g. 1024): the result
 //                                  depends on P and blockDim only, not on timing.
 //   sum_f64:                       block (256), grid (1).
 #include "common.cuh"
 
 extern "C" __global__ void __launch_bounds__(256)
 fasp_stats_diag_f32(const float* __restrict__ H, int n, int ldh, float* __restrict__ diag) {
+    for (i64 i = fasp::global_tid(); i < n; i += fasp::grid_stride()) diag[i] = H[i * ldh + i];
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+fasp_stats_diag_f64(const double* __restrict__ H, int n, int ldh, double* __restrict__ diag) {
     for (i64 i = fasp::global_tid(); i < n; i += fasp::grid_stride()) diag[i] = H[i * ldh + i];
 }
 
@@ -63,6 +74,16 @@ fasp_stats_sumsq_partial_f32(const float* __restrict__ a, const float* __restric
         const double v = b ? (double)a[i] - (double)b[i] : (double)a[i];
         s = fma(v, v, s);
     }
+    s = fasp::block_sum(s, scratch);
+    if (threadIdx.x == 0) partial[blockIdx.x] = s;
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+fasp_stats_dot_partial_f32(const float* __restrict__ a, const float* __restrict__ b, long long n,
+                           double* __restrict__ partial) {
+    __shared__ double scratch[32];
+    double s = 0.0;
+    for (i64 i = fasp::global_tid(); i < n; i += fasp::grid_stride()) s = fma((double)a[i], (double)b[i], s);
     s = fasp::block_sum(s, scratch);
     if (threadIdx.x == 0) partial[blockIdx.x] = s;
 }

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Build the evaluation and calibration texts from the raw assets (see ASSETS.md).
+"""Build the evaluation and calibration texts from the raw assets (fetched by scripts/fetch-assets.sh).
 
 Outputs in --out:
   eval.txt         Wikipedia articles of the gensim enwiki dump, prose only, WikiText-raw style

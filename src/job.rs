@@ -59,7 +59,14 @@ pub struct PruneSummary {
     pub params_original: usize,
     pub params_dense_equivalent: usize,
     pub params_compact: usize,
+    /// Wall time up to writing `fasp.json` (the final write of the output comes after).
     pub seconds_total: f64,
+    /// Opening the model and reading the calibration and eval token files, before the pipeline.
+    pub setup_seconds: f64,
+    /// `--eval-dense`: the dense model's perplexity, before pruning.
+    pub dense_eval_seconds: f64,
+    /// `--eval`: the eval windows' forward through each pruned layer and the final NLL.
+    pub eval_seconds: f64,
     pub fasp_json: serde_json::Value,
     pub ppl_dense: Option<crate::eval::Perplexity>,
     pub ppl_pruned: Option<crate::eval::Perplexity>,
@@ -141,6 +148,7 @@ pub fn prune_and_eval(
     )?;
     // the sink's time includes the eval windows' forward; report it apart from writing
     report.phases.write -= eval_seconds;
+    let t_nll = Instant::now();
     let (fnorm, head) = (model.final_norm()?, model.lm_head()?);
     let ppl = hidden
         .iter()
@@ -150,6 +158,9 @@ pub fn prune_and_eval(
             Ok(crate::eval::Perplexity::from_nll(nll, e.ids.len() / e.seqlen, e.seqlen))
         })
         .collect::<Result<_>>()?;
+    if !evals.is_empty() {
+        eval_seconds += t_nll.elapsed().as_secs_f64();
+    }
     Ok(PrunedRun { report, ppl, eval_seconds })
 }
 
@@ -218,11 +229,14 @@ pub fn run_prune(job: &PruneJob) -> Result<PruneSummary> {
     };
     // chosen once the inputs are known to be good, so a bad input still gets one error line
     let mut be = backend_announced(job.device, job.progress)?;
+    let setup_seconds = t_start.elapsed().as_secs_f64();
+    let t_dense = Instant::now();
     let ppl_dense = match (&job.eval, evals.first()) {
         (Some(e), Some(set)) if e.dense => Some(crate::eval::perplexity(&model, &set.ids, set.seqlen, |_| {})?),
         _ => None,
     };
 
+    let dense_eval_seconds = t_dense.elapsed().as_secs_f64();
     let dtype = job.dtype.unwrap_or_else(|| model.dtype());
     let mut writer = ModelWriter::create(&job.out, &model, job.force, dtype, job.compact)?;
     let pb = job.progress.then(|| progress_bar(model.cfg.layers, &format!("pruning ({})", job.prune.method.name())));
@@ -286,6 +300,9 @@ pub fn run_prune(job: &PruneJob) -> Result<PruneSummary> {
         params_dense_equivalent: dense_eq,
         params_compact: compact,
         seconds_total,
+        setup_seconds,
+        dense_eval_seconds,
+        eval_seconds,
         fasp_json,
         ppl_dense,
         ppl_pruned,
@@ -319,7 +336,7 @@ pub fn run_eval(
 pub fn run_convert(input: &Path, out: &Path, dtype: Option<DType>, force: bool) -> Result<usize> {
     output::check_out_vs_inputs(out, &[("input model", input)])?;
     let model = Model::open(input)?;
-    let mut writer = ModelWriter::create(out, &model, force, dtype.unwrap_or(DType::F32), false)?;
+    let mut writer = ModelWriter::create(out, &model, force, dtype.unwrap_or_else(|| model.dtype()), false)?;
     for l in 0..model.cfg.layers {
         writer.write_layer(&model, l, &model.layer(l)?)?;
     }

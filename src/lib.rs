@@ -24,6 +24,7 @@ pub mod math;
 pub mod model;
 pub mod output;
 pub mod prune;
+pub mod record;
 pub mod sweep;
 pub mod tensor;
 

@@ -34,7 +34,8 @@ enum Cmd {
     /// Perplexity of a model (dense, pruned dense-equivalent, or compact) on a text or .npy token file.
     #[command(allow_negative_numbers = true)]
     Eval(EvalArgs),
-    /// Print a model's architecture, shapes, dtype and parameter counts.
+    /// Print a model's architecture, shapes, dtype and parameter counts; for a pruned model, how it was
+    /// pruned (fasp.json).
     Inspect(InspectArgs),
     /// Methods x sparsities on the same data: a perplexity table, a CSV and an SVG plot.
     #[command(allow_negative_numbers = true)]
@@ -75,6 +76,7 @@ struct SweepArgs {
     /// Where to write sweep.csv and one sweep-NAME.svg per evaluation set.
     #[arg(long, default_value = "sweep-out")]
     out_dir: PathBuf,
+    /// Where to run: auto picks CUDA when kernels are built in and a GPU is usable, else the CPU.
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     device: Device,
 }
@@ -180,7 +182,8 @@ struct ConvertArgs {
     /// Output directory (written to a temporary directory beside it, then renamed).
     #[arg(long)]
     out: PathBuf,
-    /// Output tensor dtype (f32, f16, bf16) [default: f32].
+    /// Output tensor dtype (f32, f16, bf16). By default the input's: f32, f16 and bf16 stay as they
+    /// are; quantized tensors are written as f16.
     #[arg(long, value_parser = parse_dtype)]
     dtype: Option<DType>,
     /// Replace an existing --out directory.
@@ -255,7 +258,8 @@ struct PruneArgs {
     /// Where to run: auto picks CUDA when kernels are built in and a GPU is usable, else the CPU.
     #[arg(long, value_enum, default_value_t = Device::Auto)]
     device: Device,
-    /// Output tensor dtype (f32, f16, bf16); the input's by default.
+    /// Output tensor dtype (f32, f16, bf16). By default the input's: f32, f16 and bf16 stay as they
+    /// are; a quantized GGUF is written as f16.
     #[arg(long, value_parser = parse_dtype)]
     dtype: Option<DType>,
     /// Write the truly compact form (per-KV-head value widths differ); only fasp-engine runs it.
@@ -286,12 +290,13 @@ struct PruneArgs {
 }
 
 #[derive(Args)]
+#[command(group(clap::ArgGroup::new("input").required(true).args(["text", "tokens"])))]
 struct EvalArgs {
     /// Model: an HF directory (dense, pruned or compact) or a .gguf file.
     #[arg(long)]
     model: PathBuf,
     /// Evaluation text, tokenized with the model's tokenizer.json.
-    #[arg(long, conflicts_with = "tokens", required_unless_present = "tokens")]
+    #[arg(long)]
     text: Option<PathBuf>,
     /// Evaluation token ids as .npy (1-D stream, or 2-D read row after row).
     #[arg(long)]
@@ -399,12 +404,13 @@ fn prune(a: PruneArgs) -> Result<()> {
         progress: !a.quiet && !a.json,
         eval: a.eval.map(|path| job::EvalSpec { path, seqlen: a.eval_seqlen, max_windows: a.eval_windows, dense: a.eval_dense }),
     };
+    let t_wall = std::time::Instant::now();
     let s = job::run_prune(&job)?;
+    let wall = t_wall.elapsed().as_secs_f64();
     if a.json {
         println!("{}", serde_json::to_string_pretty(&s.fasp_json)?);
         return Ok(());
     }
-    let ph = &s.report.phases;
     println!(
         "pruned {} -> {} ({}, sparsity {}, backend {})",
         job.model.display(),
@@ -420,16 +426,20 @@ fn prune(a: PruneArgs) -> Result<()> {
         s.params_compact,
         100.0 * (1.0 - s.params_compact as f64 / s.params_original as f64)
     );
+    println!(
+        "  (--sparsity {} removes that fraction of the units of every pruned pair{}; embeddings, norms, the \
+         LM head and Q/K are never pruned, so fewer parameters go{})",
+        job.prune.sparsity,
+        if job.prune.skip_attn { " (MLP channels only)" } else { " (attention value units and MLP channels)" },
+        if job.compact { "" } else { "; the dense-equivalent form keeps attention's shapes with zeros" }
+    );
     let err = |f: &dyn Fn(&fasp_engine::prune::LayerReport) -> (f64, f64)| {
         s.report.layers.iter().map(f).fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1))
     };
     let (ar, an) = err(&|r| (r.attn.recon_error, r.attn.recon_error_no_restore));
     let (mr, mn) = err(&|r| (r.mlp.recon_error, r.mlp.recon_error_no_restore));
     println!("reconstruction error (sum over layers): attention {ar:.4e} (no restore {an:.4e}), mlp {mr:.4e} (no restore {mn:.4e})");
-    println!(
-        "time: {:.2} s total; embed {:.2}, weights {:.2}, forward+stats {:.2}, score+select {:.2}, restore {:.2}, write {:.2}",
-        s.seconds_total, ph.embed, ph.load_weights, ph.forward_stats, ph.score_select, ph.restore, ph.write
-    );
+    println!("{}", time_line(&s, wall));
     let show = |tag: &str, p: &fasp_engine::eval::Perplexity| {
         println!("ppl {tag:<7} {:.4}  (seqlen {}, windows {}, predicted tokens {})", p.ppl, p.seqlen, p.windows, p.predicted_tokens)
     };
@@ -442,7 +452,50 @@ fn prune(a: PruneArgs) -> Result<()> {
     if let (Some(d), Some(p)) = (&s.ppl_dense, &s.ppl_pruned) {
         println!("ppl change: {:+.2}%", 100.0 * (p.ppl / d.ppl - 1.0));
     }
+    let dtype = job
+        .dtype
+        .map_or_else(|| format!("{}, the input's", s.fasp_json["settings"]["dtype"].as_str().unwrap_or("?")), |d| d.name().to_string());
+    match fasp_engine::output::dir_bytes(&job.out) {
+        Ok(bytes) => println!("wrote {} ({}, {})", job.out.display(), human_bytes(bytes), dtype),
+        Err(e) => println!("wrote {} (size unknown: {e})", job.out.display()),
+    }
     Ok(())
+}
+
+/// `1.23 GB`, `456.7 MB`, `12.0 kB` (decimal units, as `ls -h --si` and file managers show).
+fn human_bytes(b: u64) -> String {
+    let b = b as f64;
+    match b {
+        b if b >= 1e9 => format!("{:.2} GB", b / 1e9),
+        b if b >= 1e6 => format!("{:.1} MB", b / 1e6),
+        b if b >= 1e3 => format!("{:.1} kB", b / 1e3),
+        b => format!("{b} bytes"),
+    }
+}
+
+/// The `time:` line: every phase of the run, so that they add up to the wall time (`other` is
+/// what no phase measured: the progress bar, freeing memory, ...).
+fn time_line(s: &job::PruneSummary, wall: f64) -> String {
+    let ph = &s.report.phases;
+    let final_write = (wall - s.seconds_total).max(0.0);
+    let parts = [
+        ("setup", s.setup_seconds),
+        ("dense eval", s.dense_eval_seconds),
+        ("embed", ph.embed),
+        ("weights", ph.load_weights),
+        ("forward+stats", ph.forward_stats),
+        ("score+select", ph.score_select),
+        ("restore", ph.restore),
+        ("eval", s.eval_seconds),
+        ("write", ph.write + final_write),
+    ];
+    let other = wall - parts.iter().map(|p| p.1).sum::<f64>();
+    let mut line = format!("time: {wall:.2} s total;");
+    for (name, t) in parts.iter().filter(|(n, t)| *t > 0.0 || !matches!(*n, "dense eval" | "eval")) {
+        line.push_str(&format!(" {name} {t:.2},"));
+    }
+    line.push_str(&format!(" other {:.2}", other.max(0.0)));
+    line
 }
 
 fn eval(a: EvalArgs) -> Result<()> {
@@ -463,8 +516,25 @@ fn eval(a: EvalArgs) -> Result<()> {
     Ok(())
 }
 
+/// `Q4_1 x 210, F32 x 61` for a `.gguf` (the storage types; the engine computes in f32).
+fn gguf_types(path: &Path) -> Option<String> {
+    if !path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+        return None;
+    }
+    let f = fasp_engine::gguf::GgufFile::open(path).ok()?;
+    let mut counts = std::collections::BTreeMap::<&str, usize>::new();
+    for t in f.tensor_infos() {
+        *counts.entry(t.ty.name).or_default() += 1;
+    }
+    let mut v: Vec<_> = counts.into_iter().collect();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(b.0)));
+    Some(v.iter().map(|(t, n)| format!("{t} x {n}")).collect::<Vec<_>>().join(", "))
+}
+
 fn inspect(a: InspectArgs) -> Result<()> {
     let m = Model::open(&a.model)?;
+    let record = fasp_engine::record::FaspRecord::of_dir(&a.model)?;
+    let gguf = gguf_types(&a.model);
     let c = &m.cfg;
     let mut tensors = m.src.tensors();
     tensors.sort();
@@ -493,6 +563,10 @@ fn inspect(a: InspectArgs) -> Result<()> {
     });
     if a.json {
         let mut v = info;
+        if let Some(t) = &gguf {
+            v["gguf_tensor_types"] = t.as_str().into();
+        }
+        v["fasp"] = record.as_ref().map_or(serde_json::Value::Null, |r| r.summary_json());
         if a.tensors {
             v["tensors"] = tensors.iter().map(|(n, s)| serde_json::json!({"name": n, "shape": s})).collect();
         }
@@ -509,8 +583,15 @@ fn inspect(a: InspectArgs) -> Result<()> {
     println!("  vocab          {}", c.vocab);
     println!("  biases         attention {}, mlp {}", c.attn_bias, c.mlp_bias);
     println!("  lm_head        {}", if m.head_is_tied() { "tied to the embedding" } else { "separate" });
-    println!("  dtype          {}", m.dtype().name());
+    match &gguf {
+        Some(t) => println!("  dtype          {} when written (GGUF storage: {t})", m.dtype().name()),
+        None => println!("  dtype          {}", m.dtype().name()),
+    }
     println!("  parameters     {}", m.param_count());
+    match &record {
+        Some(r) => r.summary_lines().iter().for_each(|l| println!("  {l}")),
+        None => println!("  pruned         no (no fasp.json)"),
+    }
     if a.tensors {
         for (n, s) in tensors {
             println!("  {n:<60} {s:?} {}", m.src.dtype(&n).map_or("?", |d| d.name()));
@@ -581,7 +662,8 @@ fn main() -> ExitCode {
         Cmd::Report(a) => report(a),
         Cmd::Convert(a) => job::run_convert(&a.gguf, &a.out, a.dtype, a.force)
             .map(|n| {
-                println!("wrote {} ({n} parameters)", a.out.display());
+                let size = fasp_engine::output::dir_bytes(&a.out).map_or_else(|e| format!("size unknown: {e}"), human_bytes);
+                println!("wrote {} ({n} parameters, {size})", a.out.display());
             })
             .map_err(Into::into),
         Cmd::Bench(a) => bench(a),

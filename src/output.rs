@@ -1,4 +1,4 @@
-//! Writers for a pruned model (FASP-SPEC §9): the dense-equivalent HF directory (default) or the
+//! Writers for a pruned model (docs/spec.md §9): the dense-equivalent HF directory (default) or the
 //! compact form (`--compact`), plus `fasp.json` and the tokenizer files.
 //!
 //! Everything is written into a temporary directory beside `--out` and renamed into place only
@@ -389,7 +389,7 @@ impl ModelWriter {
         obj.insert(a.ffn_key.into(), self.ffn.unwrap_or(cfg.ffn).into());
         obj.insert("torch_dtype".into(), dtype.name().into());
         // biases FLAP's compensation added: through the family's config switch, or (a family
-        // without one) listed for this engine's reader; transformers has no place for those
+        // without one) listed in `fasp_extra_biases` and added by the shipped `fasp_biases.py` (below)
         let mut extra: Vec<&str> = cfg
             .raw
             .get("fasp_extra_biases")
@@ -448,4 +448,17 @@ impl ModelWriter {
         }
         commit_out(self.tmp, out)
     }
+}
+
+/// Total size in bytes of the files in `dir` (not recursive: a written model is flat), for the
+/// size a run reports.
+pub fn dir_bytes(dir: &Path) -> std::io::Result<u64> {
+    let mut total = 0;
+    for e in std::fs::read_dir(dir)? {
+        let m = e?.metadata()?;
+        if m.is_file() {
+            total += m.len();
+        }
+    }
+    Ok(total)
 }

@@ -8,10 +8,12 @@ use common::*;
 use fasp_engine::backend::cuda::context::{cfg, Gpu, PinnedBuf};
 use fasp_engine::backend::cuda::device::{emu, Device, DevicePtr, KArg};
 use fasp_engine::backend::cuda::{forward as fw, CudaBackend};
-use fasp_engine::backend::{cpu::CpuBackend, Backend};
+use fasp_engine::backend::{cpu::CpuBackend, Backend, PairJob, Scoring};
 use fasp_engine::forward;
 use fasp_engine::job::{self, Device as JobDevice};
+use fasp_engine::model::arch::attn_unit_columns;
 use fasp_engine::model::Model;
+use fasp_engine::prune::{self, PruneConfig};
 use std::sync::Arc;
 
 /// Launches through the packed argument array, as the backend's `launch!` does.
@@ -188,15 +190,27 @@ fn uneven_chunks_and_a_single_window_match_cpu() {
         let mut cpu = CpuBackend::new();
         let mut gb = CudaBackend::emu().unwrap();
         gb.chunk_tokens = chunk_windows * seqlen + seqlen / 2; // not a multiple of the window
-        cpu.begin(inps.clone(), seqlen).unwrap();
-        gb.begin(inps, seqlen).unwrap();
+        let ic = cpu.begin(inps.clone(), seqlen).unwrap();
+        let ig = gb.begin(inps, seqlen).unwrap();
         let lw = model.layer(0).unwrap();
-        let (hc, hg) = (cpu.attn_stats(cfg, &lw).unwrap(), gb.attn_stats(cfg, &lw).unwrap());
-        let scale = hc.h.diag().iter().cloned().fold(0.0, f64::max);
-        for (a, b) in hg.h.data.iter().zip(&hc.h.data) {
-            assert!((a - b).abs() <= 1e-5 * scale + 1e-4 * b.abs(), "windows {windows}: H {a} vs {b}");
+        let (hc, hg) = (cpu.attn_stats(ic, cfg, &lw).unwrap(), gb.attn_stats(ig, cfg, &lw).unwrap());
+        let scale = hc.summary.hdiag.iter().cloned().fold(0.0, f64::max);
+        for (a, b) in hg.summary.hdiag.iter().zip(&hc.summary.hdiag) {
+            assert!((a - b).abs() <= 1e-5 * scale + 1e-4 * b.abs(), "windows {windows}: diag(H) {a} vs {b}");
         }
-        assert_eq!(hg.tokens, windows * seqlen);
+        for (a, b) in hg.summary.col_sum.iter().zip(&hc.summary.col_sum) {
+            assert!((a - b).abs() <= 1e-4 + 1e-4 * b.abs(), "windows {windows}: Σx {a} vs {b}");
+        }
+        assert_eq!(hg.summary.tokens, windows * seqlen);
+        // the pair pruned on each backend's own statistics (the whole H of the chunked
+        // accumulation is used by the restoration): the same units and W2'
+        let units: Vec<Vec<usize>> = (0..cfg.v_width()).map(|u| attn_unit_columns(cfg, u)).collect();
+        let job = PairJob { layer: 0, w2: &lw.o, unit_cols: &units, k: units.len() / 2, scoring: Scoring::Fasp, restore: true, damp: 0.01 };
+        let (pc, pg) = (cpu.prune_attn(hc, &job).unwrap(), gb.prune_attn(hg, &job).unwrap());
+        assert_eq!(pg.pair.kept_units, pc.pair.kept_units, "windows {windows}");
+        let num: f64 = pg.pair.w2.data.iter().zip(&pc.pair.w2.data).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+        let den: f64 = pc.pair.w2.data.iter().map(|b| (*b as f64).powi(2)).sum();
+        assert!((num / den).sqrt() <= 1e-3, "windows {windows}: W2' rel err {}", (num / den).sqrt());
     }
 }
 
@@ -224,6 +238,71 @@ fn cli_prune_on_the_emulated_device_agrees_with_the_cpu() {
             let (a, b) = (lc[key].as_array().expect(key), le[key].as_array().expect(key));
             assert!(!a.is_empty(), "{key}");
             assert_eq!(a, b, "{key}");
+        }
+    }
+}
+
+/// The device owns the data: pruning a fixture on the emulated device brings back (device →
+/// host) at most the pruned weights `W2'` plus O(n) per pair — never `H`, W2 or any other
+/// matrix — and keeps exactly the CPU's units.
+#[test]
+fn pruning_on_the_device_downloads_only_pruned_weights_and_o_n() {
+    for name in ["llama-gqa", "opt-tiny"] {
+        let model = Model::open(&fixture(name)).unwrap();
+        let cfg = &model.cfg;
+        let (shape, ids) = reference_ids(name, "calib_ids");
+        let opts = PruneConfig { sparsity: 0.25, ..Default::default() };
+        let run = |backend: &mut dyn Backend| {
+            let mut pruned_bytes = Vec::new();
+            let mut sink = |_l: usize, lw: fasp_engine::model::LayerWeights, _r: &prune::LayerReport| {
+                pruned_bytes.push(4 * (lw.o.w.data.len() + lw.down.w.data.len()) as u64);
+                Ok(())
+            };
+            let report = prune::prune(&model, &ids, shape[1], &opts, backend, &mut sink, None).unwrap();
+            (report, pruned_bytes)
+        };
+        let (cpu, _) = run(&mut CpuBackend::new());
+        let mut gb = CudaBackend::emu().unwrap();
+        let before = gb.device_counters().unwrap();
+        let (emu, pruned_bytes) = run(&mut gb);
+        let after = gb.device_counters().unwrap();
+        let d2h = after.d2h_bytes - before.d2h_bytes;
+        // O(n) per pair: diag(H) and Σx (f64), column scores (f32), kept indices, flags and a few
+        // scalars (λ's checks, the error terms)
+        let (n_attn, n_mlp) = (cfg.heads * cfg.head_dim, cfg.ffn);
+        let per_layer_o_n = 32 * (n_attn + n_mlp) as u64 + 512;
+        let bound: u64 = pruned_bytes.iter().map(|b| b + per_layer_o_n).sum();
+        println!(
+            "{name}: d2h {d2h} bytes, bound {bound} (pruned weights {} + O(n) {per_layer_o_n} per layer)",
+            pruned_bytes.iter().sum::<u64>()
+        );
+        assert!(d2h <= bound, "{name}: {d2h} bytes came back, more than the pruned weights plus O(n) ({bound})");
+        // the bound is tight enough to catch a download of either H
+        let h_bytes = 4 * (n_attn * n_attn).min(n_mlp * n_mlp) as u64;
+        assert!(per_layer_o_n < h_bytes, "{name}: the O(n) allowance {per_layer_o_n} would hide an H of {h_bytes} bytes");
+        assert!(d2h >= pruned_bytes.iter().sum::<u64>(), "{name}: the pruned weights themselves come back");
+        // the per-phase counters of the report add up to the device's, and each phase did what
+        // it should: the pairs bring back the pruned weights, the forward only O(n) flags
+        let dev = emu.device.clone().expect("a device backend reports per-phase counters");
+        assert!(cpu.device.is_none());
+        let total = dev.total();
+        assert_eq!((total.h2d_bytes, total.d2h_bytes), (after.h2d_bytes - before.h2d_bytes, d2h), "{name}: {dev:?}");
+        assert!(total.peak_bytes <= after.peak_bytes && total.peak_bytes > 0, "{name}: {dev:?}");
+        assert!(dev.prune_pairs.d2h_bytes >= pruned_bytes.iter().sum::<u64>(), "{name}: {dev:?}");
+        assert!(dev.forward_stats.d2h_bytes <= per_layer_o_n * cfg.layers as u64, "{name}: {dev:?}");
+        assert!(dev.embed.h2d_bytes >= (4 * ids.len() * cfg.hidden) as u64, "{name}: the embedded windows go up: {dev:?}");
+        assert!(dev.forward_stats.peak_bytes > 0 && dev.prune_pairs.peak_bytes > 0, "{name}: {dev:?}");
+        println!("{name}: per phase {dev:?}");
+        for (lc, le) in cpu.layers.iter().zip(&emu.layers) {
+            assert_eq!(lc.attn.kept_units, le.attn.kept_units, "{name} l{}", lc.layer);
+            assert_eq!(lc.mlp.kept_units, le.mlp.kept_units, "{name} l{}", lc.layer);
+            for (a, b) in [(&lc.attn, &le.attn), (&lc.mlp, &le.mlp)] {
+                assert!(
+                    (a.recon_error - b.recon_error).abs() <= 1e-2 * a.recon_error_no_restore + 1e-9,
+                    "{name} l{}: {a:?} vs {b:?}",
+                    lc.layer
+                );
+            }
         }
     }
 }

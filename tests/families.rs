@@ -1,4 +1,4 @@
-//! The families of FASP-SPEC §11 (llama with llama3 rope scaling and an explicit head_dim, mistral,
+//! The families of docs/spec.md §11 (llama with llama3 rope scaling and an explicit head_dim, mistral,
 //! qwen2, qwen3, gemma3_text) on tiny random models made with transformers by
 //! scripts/make_fixtures.py: forward parity with transformers, FASP against the independent torch
 //! reference, every method on every family, the compact form, and the written HF output against
@@ -74,7 +74,7 @@ fn fasp_matches_the_independent_torch_reference() {
 }
 
 /// Every method (and FASP without restoration) prunes every family: the recorded kept counts
-/// follow FASP-SPEC §3 (head methods: whole KV groups), the output opens and runs, and pruning
+/// follow docs/spec.md §3 (head methods: whole KV groups), the output opens and runs, and pruning
 /// changed the logits.
 #[test]
 fn every_method_runs_on_every_family() {

@@ -4,7 +4,7 @@
 //! the CUDA forward, the writer, the GGUF reader) reads this description instead of asking
 //! "which family is this?".
 //!
-//! This module also holds the FASP pair geometry (FASP-SPEC §2): which tensors form the attention
+//! This module also holds the FASP pair geometry (docs/spec.md §2): which tensors form the attention
 //! pair and the MLP pair of a layer, and the unit ↔ column maps under GQA.
 //!
 //! Adding a family: one more [`Family`] variant, one more [`Arch`] entry in [`ARCHS`], and, if its
@@ -529,7 +529,7 @@ pub fn layer_layout(cfg: &ModelConfig, l: usize) -> Vec<(Role, Vec<usize>)> {
 }
 
 /// Attention pair: the o_proj columns fed by V row (unit) `c = g*hd + d` are
-/// `{h*hd + d : h in g*G .. g*G+G}` (FASP-SPEC §2). For plain MHA that is just `{c}`.
+/// `{h*hd + d : h in g*G .. g*G+G}` (docs/spec.md §2). For plain MHA that is just `{c}`.
 pub fn attn_unit_columns(cfg: &ModelConfig, unit: usize) -> Vec<usize> {
     let (hd, g) = (cfg.head_dim, cfg.group());
     let (kv, d) = (unit / hd, unit % hd);

@@ -1,4 +1,4 @@
-//! `config.json` of every supported family (FASP-SPEC §1, §11), parsed with types and validated up
+//! `config.json` of every supported family (docs/spec.md §1, §11), parsed with types and validated up
 //! front so that a bad model is rejected before any work or output starts. A field of the wrong type
 //! (`"tie_word_embeddings": "yes"`) is an error naming the field. What each family's config means is
 //! read from its description ([`Arch`]); the few per-family spellings are data there too.
@@ -424,11 +424,11 @@ impl ModelConfig {
     }
 }
 
-/// OPT's config checks (FASP-SPEC §1): pre-LN only, no projections, affine LayerNorm.
+/// OPT's config checks (docs/spec.md §1): pre-LN only, no projections, affine LayerNorm.
 fn opt_checks(f: &Fields, hidden: usize) -> Result<()> {
     if f.bool("do_layer_norm_before")? == Some(false) {
         return Err(FaspError::Unsupported(
-            "post-LN OPT (do_layer_norm_before = false, e.g. OPT-350m) is not supported; FASP-SPEC §1 covers pre-LN OPT only".into(),
+            "post-LN OPT (do_layer_norm_before = false, e.g. OPT-350m) is not supported; docs/spec.md §1 covers pre-LN OPT only".into(),
         ));
     }
     if let Some(p) = f.usize("word_embed_proj_dim")? {

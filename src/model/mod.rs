@@ -173,7 +173,7 @@ impl Model {
         Ok(())
     }
 
-    /// A missing `lm_head.weight` with tied embeddings means the embedding (FASP-SPEC §1).
+    /// A missing `lm_head.weight` with tied embeddings means the embedding (docs/spec.md §1).
     pub fn head_is_tied(&self) -> bool {
         self.src.shape(self.names.lm_head()).is_none() && self.cfg.tie_embeddings
     }

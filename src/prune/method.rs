@@ -1,7 +1,7 @@
 //! Pruning methods over the same pipeline, so that they are compared on exactly the same data.
 //! FASP is the default; the others are baselines (see `--help` and the README).
 
-use crate::backend::PairStats;
+use crate::backend::StatsSummary;
 use crate::tensor::Mat;
 use rand::{Rng, SeedableRng};
 
@@ -44,8 +44,9 @@ impl Method {
         self == Method::Flap
     }
 
-    /// Column scores of `W2` for this method (FASP's go through the backend instead).
-    pub fn column_scores(self, w2: &Mat, stats: &PairStats, seed: u64) -> Vec<f64> {
+    /// Column scores of `W2` for this method from the O(n) summary of the statistics (the
+    /// pipeline has FASP's computed by the backend instead, on its own data).
+    pub fn column_scores(self, w2: &Mat, stats: &StatsSummary, seed: u64) -> Vec<f64> {
         let n = w2.cols;
         let t = stats.tokens.max(1) as f64;
         let col = |f: &dyn Fn(f32) -> f64| -> Vec<f64> {
@@ -58,17 +59,17 @@ impl Method {
             acc
         };
         match self {
-            Method::Fasp => super::score::column_scores(w2, &stats.h.diag()),
+            Method::Fasp => super::score::column_scores(w2, &stats.hdiag),
             Method::WandaSp => {
                 let l1 = col(&|w| w.abs() as f64);
-                (0..n).map(|j| l1[j] / w2.rows as f64 * (stats.h.get(j, j).max(0.0) / t).sqrt()).collect()
+                (0..n).map(|j| l1[j] / w2.rows as f64 * (stats.hdiag[j].max(0.0) / t).sqrt()).collect()
             }
             Method::Flap => {
                 let l2 = col(&|w| (w as f64) * (w as f64));
                 (0..n)
                     .map(|j| {
                         let mean = stats.col_sum[j] / t;
-                        let var = (stats.h.get(j, j) / t - mean * mean).max(0.0);
+                        let var = (stats.hdiag[j] / t - mean * mean).max(0.0);
                         var * l2[j]
                     })
                     .collect()

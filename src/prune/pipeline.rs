@@ -1,4 +1,4 @@
-//! The sequential FASP pipeline (FASP-SPEC §7), written once over a `Backend`:
+//! The sequential FASP pipeline (docs/spec.md §7), written once over a `Backend`:
 //!
 //! for each layer: dense attention half → `H_attn` → score/select/restore the attention pair →
 //! MLP half with the pruned attention → `H_mlp` → score/select/restore the MLP pair → the pruned
@@ -7,9 +7,8 @@
 
 use super::method::Method;
 use super::plan::{kept_count, PairKind};
-use super::restore::{self, Restored};
 use super::select::complement;
-use crate::backend::{Backend, PairStats};
+use crate::backend::{Backend, PairJob, PrunedPair, Scoring, StatsSummary};
 use crate::error::{FaspError, Result};
 use crate::forward;
 use crate::model::arch::attn_unit_columns;
@@ -70,11 +69,69 @@ pub struct PhaseTimes {
     pub write: f64,
 }
 
+impl PhaseTimes {
+    /// A pair's time, as the backend split it (score + select, restore + errors).
+    fn add_pair(&mut self, p: &PrunedPair) {
+        self.score_select += p.seconds.score_select;
+        self.restore += p.seconds.restore;
+    }
+}
+
+/// Device traffic and memory of one phase (device backends only).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DeviceUse {
+    pub h2d_bytes: u64,
+    pub d2h_bytes: u64,
+    /// The most device memory allocated at once during the phase.
+    pub peak_bytes: u64,
+}
+
+/// `DeviceUse` per phase, like `PhaseTimes`; `prune_pairs` is `score_select` + `restore` (one
+/// backend call per pair); `write` moves nothing.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct PhaseDevice {
+    pub embed: DeviceUse,
+    pub load_weights: DeviceUse,
+    pub forward_stats: DeviceUse,
+    pub prune_pairs: DeviceUse,
+}
+
+impl PhaseDevice {
+    /// All phases together (bytes summed, the largest peak).
+    pub fn total(&self) -> DeviceUse {
+        let all = [self.embed, self.load_weights, self.forward_stats, self.prune_pairs];
+        DeviceUse {
+            h2d_bytes: all.iter().map(|u| u.h2d_bytes).sum(),
+            d2h_bytes: all.iter().map(|u| u.d2h_bytes).sum(),
+            peak_bytes: all.iter().map(|u| u.peak_bytes).max().unwrap_or(0),
+        }
+    }
+}
+
+/// Counts one phase's device work (nothing on a backend without counters).
+struct Meter(Option<crate::backend::cuda::device::Counters>);
+
+impl Meter {
+    fn start(b: &dyn Backend) -> Meter {
+        b.reset_phase_peak();
+        Meter(b.device_counters())
+    }
+    fn stop(self, b: &dyn Backend, into: &mut DeviceUse) {
+        if let (Some(c0), Some(c1)) = (self.0, b.device_counters()) {
+            into.h2d_bytes += c1.h2d_bytes - c0.h2d_bytes;
+            into.d2h_bytes += c1.d2h_bytes - c0.d2h_bytes;
+            into.peak_bytes = into.peak_bytes.max(c1.phase_peak_bytes);
+        }
+    }
+}
+
 #[derive(Clone, Debug, Serialize)]
 pub struct PruneReport {
     pub layers: Vec<LayerReport>,
     pub phases: PhaseTimes,
     pub backend: String,
+    /// Per-phase device traffic and peak memory (device backends only).
+    pub device: Option<PhaseDevice>,
 }
 
 /// Units of a pair as W2 columns and W1 rows.
@@ -111,82 +168,65 @@ struct PairOutcome {
     report: PairReport,
     /// Kept W1 rows (V rows or intermediate channels), increasing.
     rows: Vec<usize>,
-    /// `S`: kept W2 columns, increasing.
-    cols: Vec<usize>,
-    restored: Restored,
+    /// What the backend returned (`S`, `W2'`, λ, errors).
+    pair: PrunedPair,
     /// FLAP's bias compensation `W2[:,P] · mean(X_P)`.
     bias_delta: Option<Vec<f32>>,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn prune_pair(
-    backend: &dyn Backend,
+/// The job of one pair: scores on the host from the summary unless the method is FASP (then the
+/// backend scores on its own data).
+fn pair_job<'a>(
     layer: usize,
     kind: PairKind,
-    w2: &Mat,
-    stats: &PairStats,
-    units: &Units,
+    w2: &'a Linear,
+    summary: &StatsSummary,
+    units: &'a Units,
     sparsity: f64,
     opts: &PruneConfig,
-    times: &mut PhaseTimes,
-) -> Result<PairOutcome> {
-    let pair_err = |msg: String| FaspError::Pair { layer, pair: kind.name(), msg };
-    let n_units = units.cols.len();
-    let k = kept_count(n_units, sparsity).map_err(|e| pair_err(e.to_string()))?;
-    let t0 = Instant::now();
-    let colscore = if opts.method == Method::Fasp {
-        backend.column_scores(w2, &stats.h.diag())?
+) -> Result<PairJob<'a>> {
+    let k = kept_count(units.cols.len(), sparsity).map_err(|e| FaspError::Pair { layer, pair: kind.name(), msg: e.to_string() })?;
+    let scoring = if opts.method == Method::Fasp {
+        Scoring::Fasp
     } else {
         let seed = opts.seed ^ ((layer as u64) << 8) ^ (kind as u64);
-        opts.method.column_scores(w2, stats, seed)
+        Scoring::Columns(opts.method.column_scores(&w2.w, summary, seed))
     };
-    let scores = super::score::unit_scores(&colscore, &units.cols);
-    let kept_units = backend.top_k(&scores, k).map_err(pair_err)?;
-    let mut rows: Vec<usize> = kept_units.iter().flat_map(|&u| units.rows[u].iter().copied()).collect();
+    Ok(PairJob { layer, w2, unit_cols: &units.cols, k, scoring, restore: opts.method.restores() && opts.restore, damp: opts.damp })
+}
+
+/// The host's part after the backend pruned a pair: W1 rows of the kept units, FLAP's bias
+/// compensation, the report.
+fn finish_pair(pair: PrunedPair, w2: &Mat, summary: &StatsSummary, units: &Units, opts: &PruneConfig) -> PairOutcome {
+    let mut rows: Vec<usize> = pair.kept_units.iter().flat_map(|&u| units.rows[u].iter().copied()).collect();
     rows.sort_unstable();
-    let mut cols: Vec<usize> = kept_units.iter().flat_map(|&u| units.cols[u].iter().copied()).collect();
-    cols.sort_unstable();
-    let pruned = complement(&cols, w2.cols);
-    times.score_select += t0.elapsed().as_secs_f64();
-
-    let t0 = Instant::now();
-    let restored = if opts.method.restores() && opts.restore {
-        backend.restore(w2, &stats.h, &cols, &pruned, opts.damp).map_err(pair_err)?
-    } else {
-        restore::no_restore(w2, &stats.h, &cols, &pruned, opts.damp)
-    };
+    let pruned = complement(&pair.cols, w2.cols);
     let bias_delta = (opts.method.bias_compensation() && !pruned.is_empty()).then(|| {
-        let t = stats.tokens.max(1) as f64;
-        (0..w2.rows).map(|i| pruned.iter().map(|&j| w2.data[i * w2.cols + j] as f64 * stats.col_sum[j] / t).sum::<f64>() as f32).collect()
+        let t = summary.tokens.max(1) as f64;
+        (0..w2.rows).map(|i| pruned.iter().map(|&j| w2.data[i * w2.cols + j] as f64 * summary.col_sum[j] / t).sum::<f64>() as f32).collect()
     });
-    times.restore += t0.elapsed().as_secs_f64();
-
     // errors come from the restoration's own products (see restore.rs); FLAP's bias
     // compensation is not included in them
-    let (recon_error, recon_error_no_restore) = (restored.err2.sqrt(), restored.err2_no_restore.sqrt());
-    Ok(PairOutcome {
-        report: PairReport {
-            units: n_units,
-            kept: rows.len(),
-            kept_units: rows.clone(),
-            lambda: restored.lambda,
-            damp: restored.damp,
-            cholesky_retries: restored.retries,
-            recon_error,
-            recon_error_no_restore,
-        },
-        rows,
-        cols,
-        restored,
-        bias_delta,
-    })
+    let report = PairReport {
+        units: units.cols.len(),
+        kept: rows.len(),
+        kept_units: rows.clone(),
+        lambda: pair.lambda,
+        damp: pair.damp,
+        cholesky_retries: pair.retries,
+        recon_error: pair.err2.sqrt(),
+        recon_error_no_restore: pair.err2_no_restore.sqrt(),
+    };
+    PairOutcome { report, rows, pair, bias_delta }
 }
 
 fn gather_linear_rows(l: &Linear, rows: &[usize]) -> Linear {
     Linear { w: l.w.gather_rows(rows), b: l.b.as_ref().map(|b| rows.iter().map(|&r| b[r]).collect()) }
 }
 
-fn updated_w2(old: &Linear, out: &PairOutcome) -> Linear {
+/// `W2'` (moved out of the outcome: the backend may recognise it as the copy it keeps) with the
+/// old bias, plus FLAP's compensation.
+fn updated_w2(old: &Linear, out: &mut PairOutcome) -> Linear {
     let mut b = old.b.clone();
     if let Some(delta) = &out.bias_delta {
         let bb = b.get_or_insert_with(|| vec![0.0; delta.len()]);
@@ -194,7 +234,7 @@ fn updated_w2(old: &Linear, out: &PairOutcome) -> Linear {
             *x += *d;
         }
     }
-    Linear { w: out.restored.w2.clone(), b }
+    Linear { w: std::mem::replace(&mut out.pair.w2, Mat::zeros(0, 0)), b }
 }
 
 /// The settings are valid for this model, checked before any work starts: not a compact model,
@@ -242,9 +282,12 @@ pub fn prune(
     model.check_seqlen(seqlen)?;
 
     let mut times = PhaseTimes::default();
+    let mut dev = PhaseDevice::default();
     let t0 = Instant::now();
     let inps = forward::embed(cfg, &model.embedding()?, model.positions()?.as_ref(), ids, seqlen);
-    backend.begin(inps, seqlen)?;
+    let m = Meter::start(backend);
+    let mut input = backend.begin(inps, seqlen)?;
+    m.stop(backend, &mut dev.embed);
     times.embed = t0.elapsed().as_secs_f64();
 
     let attn_u = attn_units(model, opts.method.whole_heads());
@@ -261,36 +304,55 @@ pub fn prune(
 
         // 1-2: attention pair
         let t0 = Instant::now();
-        let h_attn = backend.attn_stats(cfg, &lw)?;
+        let m = Meter::start(backend);
+        let st = backend.attn_stats(input, cfg, &lw)?;
+        m.stop(backend, &mut dev.forward_stats);
         times.forward_stats += t0.elapsed().as_secs_f64();
         let attn_sparsity = if opts.skip_attn { 0.0 } else { opts.sparsity };
-        let attn = prune_pair(&*backend, l, PairKind::Attn, &lw.o.w, &h_attn, &attn_u, attn_sparsity, opts, &mut times)?;
-        drop(h_attn);
-        let mut pl =
-            LayerWeights { v: gather_linear_rows(&lw.v, &attn.rows), o: updated_w2(&lw.o, &attn), v_units: attn.rows.clone(), ..lw };
+        let summary = st.summary.clone();
+        let job = pair_job(l, PairKind::Attn, &lw.o, &summary, &attn_u, attn_sparsity, opts)?;
+        let m = Meter::start(backend);
+        let pruned = backend.prune_attn(st, &job)?;
+        m.stop(backend, &mut dev.prune_pairs);
+        times.add_pair(&pruned.pair);
+        let mut attn = finish_pair(pruned.pair, &lw.o.w, &summary, &attn_u, opts);
+        let o = updated_w2(&lw.o, &mut attn);
+        let mut pl = LayerWeights { v: gather_linear_rows(&lw.v, &attn.rows), o, v_units: attn.rows.clone(), ..lw };
 
         // the next layer: loaded now so the backend can upload it while the MLP half runs
         if backend.wants_prefetch() && l + 1 < cfg.layers {
             let t0 = Instant::now();
             let w = model.layer(l + 1)?;
+            let m = Meter::start(backend);
             backend.prefetch(&w)?;
+            m.stop(backend, &mut dev.load_weights);
             next = Some(w);
             times.load_weights += t0.elapsed().as_secs_f64();
         }
 
         // 3-4: MLP pair, with the pruned attention
         let t0 = Instant::now();
-        let h_mlp = backend.mlp_stats(cfg, &pl, &attn.cols)?;
+        let m = Meter::start(backend);
+        let st = backend.mlp_stats(pruned.done, cfg, &pl, &attn.pair.cols)?;
+        m.stop(backend, &mut dev.forward_stats);
         times.forward_stats += t0.elapsed().as_secs_f64();
-        let mlp = prune_pair(&*backend, l, PairKind::Mlp, &pl.down.w, &h_mlp, &mlp_units(pl.ffn()), opts.sparsity, opts, &mut times)?;
-        drop(h_mlp);
+        let summary = st.summary.clone();
+        let mlp_u = mlp_units(pl.ffn());
+        let job = pair_job(l, PairKind::Mlp, &pl.down, &summary, &mlp_u, opts.sparsity, opts)?;
+        let m = Meter::start(backend);
+        let pruned = backend.prune_mlp(st, &job)?;
+        m.stop(backend, &mut dev.prune_pairs);
+        times.add_pair(&pruned.pair);
+        let mut mlp = finish_pair(pruned.pair, &pl.down.w, &summary, &mlp_u, opts);
         pl.up = gather_linear_rows(&pl.up, &mlp.rows);
         pl.gate = pl.gate.as_ref().map(|g| gather_linear_rows(g, &mlp.rows));
-        pl.down = updated_w2(&pl.down, &mlp);
+        pl.down = updated_w2(&pl.down, &mut mlp);
 
         // 5: the pruned layer's output feeds the next layer
         let t0 = Instant::now();
-        backend.advance(cfg, &pl, &mlp.cols)?;
+        let m = Meter::start(backend);
+        input = backend.advance(pruned.done, cfg, &pl, &mlp.pair.cols)?;
+        m.stop(backend, &mut dev.forward_stats);
         times.forward_stats += t0.elapsed().as_secs_f64();
 
         let report = LayerReport { layer: l, attn: attn.report, mlp: mlp.report };
@@ -302,5 +364,5 @@ pub fn prune(
             pb.inc(1);
         }
     }
-    Ok(PruneReport { layers: reports, phases: times, backend: backend.name() })
+    Ok(PruneReport { layers: reports, phases: times, backend: backend.name(), device: backend.device_counters().map(|_| dev) })
 }

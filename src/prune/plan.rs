@@ -1,8 +1,8 @@
-//! How many units a pair keeps (FASP-SPEC §3), and the names of the two pairs.
+//! How many units a pair keeps (docs/spec.md §3), and the names of the two pairs.
 
 use crate::error::{FaspError, Result};
 
-/// The two coupled structures of a decoder layer (FASP-SPEC §2).
+/// The two coupled structures of a decoder layer (docs/spec.md §2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PairKind {
     /// o_proj/out_proj columns with v_proj rows.

@@ -1,4 +1,4 @@
-//! Restoration (FASP-SPEC §6): the kept columns of `W2` are re-fit by least squares,
+//! Restoration (docs/spec.md §6): the kept columns of `W2` are re-fit by least squares,
 //!
 //! ```text
 //! W2' = W2[:,S] + W2[:,P] · H[P,S] · (H[S,S] + λI)⁻¹,   λ = damp · mean(diag(H[S,S]))

@@ -1,4 +1,4 @@
-//! The FASP metric (FASP-SPEC §5): `colscore_j = sqrt(H_jj) * Σ_i |W2[i,j]|`; a unit's score is
+//! The FASP metric (docs/spec.md §5): `colscore_j = sqrt(H_jj) * Σ_i |W2[i,j]|`; a unit's score is
 //! the sum of its columns' scores.
 
 use crate::tensor::Mat;

@@ -1,4 +1,4 @@
-//! Selection (FASP-SPEC §5): keep the `k` highest scores, ties to the lower index.
+//! Selection (docs/spec.md §5): keep the `k` highest scores, ties to the lower index.
 
 use crate::error::Result;
 

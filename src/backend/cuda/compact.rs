@@ -1,5 +1,5 @@
 //! Thin wrappers of `compact.cu`: the gathers and scatters of restoration and compaction
-//! (FASP-SPEC §6, §9) — W1 rows and biases, `W2[:,S]`, `W2[:,P]`, `H[S,S]`, `H[P,S]`, and the
+//! (docs/spec.md §6, §9) — W1 rows and biases, `W2[:,S]`, `W2[:,P]`, `H[S,S]`, `H[P,S]`, and the
 //! scatter of `W2'` back into dense-equivalent columns. One launch each, block 256, grid
 //! (ceil(W/256), min(Hgt, 65535)) with W the contiguous output width (KERNELS.md). Index arrays
 //! are `i32` device buffers; out-of-range indices make gathers write NaN and scatters skip.

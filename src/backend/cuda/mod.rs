@@ -17,10 +17,17 @@
 //! `advance` recomputes the kept intermediate channels from the kept W1 rows instead of keeping
 //! the whole activation from `mlp_stats` (same values; far less memory).
 //!
-//! The per-pair math uses the device too: `column_scores` (fused score kernel), `top_k` (top-k
-//! radix select on the fp64 scores, exactly the CPU's order), `restore` (blocked Cholesky kernels
-//! and triangular solves; `FASP_CUDA_SOLVER=cusolver` selects cuSOLVER potrf/potrs as the
-//! cross-check, `cublas-trailing` the kernels with cuBLAS trailing updates).
+//! The statistics stay on the device (`stats::DeviceStats`: `H` in fp32; only `diag(H)`, `Σx`
+//! and the token count are downloaded). A pair is pruned on that data in one call (`prune_pair`):
+//! FASP scores by the fused kernel on the resident `W2` (the weight cache's copy, not uploaded
+//! again) and `diag(H)`, column scores (O(n)) to the host for the unit sums, the top-k radix
+//! select on the fp64 unit scores (exactly the CPU's order), then `restore::restore_resident`
+//! (gathers, blocked Cholesky kernels and triangular solves with |P| right-hand sides;
+//! `FASP_CUDA_SOLVER=cusolver` selects cuSOLVER potrf/potrs as the cross-check, `cublas-trailing`
+//! the kernels with cuBLAS trailing updates) and the reconstruction errors from its own products.
+//! Only `W2'` (for the writer) and O(n) results are downloaded. `W2'` stays resident too: the
+//! next step (`mlp_stats` for o_proj, `advance` for down_proj) uses it instead of an upload, and
+//! `advance` gathers the kept W1 rows from the dense copies on the device.
 
 pub mod blas;
 pub mod cholesky;
@@ -37,15 +44,17 @@ pub mod weights;
 
 pub use context::{cuda_usable, Bf16, Gpu};
 
-use super::{Backend, PairStats};
+use super::{layer_input, pair_error, pruned, stats as stats_token, Attn, Backend, Done, LayerInput, Mlp, PairJob, PairMarker};
+use super::{PairSeconds, Pruned, PrunedPair, Scoring, Stats};
 use crate::error::{FaspError, Result};
-use crate::model::{LayerWeights, ModelConfig};
-use crate::prune::restore::Restored;
-use crate::tensor::{Gram, Mat};
+use crate::model::{LayerWeights, Linear, ModelConfig};
+use crate::prune::select::complement;
+use crate::tensor::Mat;
 use context::DeviceBuf;
 use layer::{AttnScratch, AttnWeights, MlpScratch, MlpWeights};
 use std::sync::Arc;
-use weights::TensorCache;
+use std::time::Instant;
+use weights::{DevLinear, TensorCache};
 
 /// How the restoration factors and solves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -91,6 +100,34 @@ pub struct CudaBackend {
     ctx: Option<(DeviceBuf<f32>, usize)>,
     cache: TensorCache,
     inv_freq: Option<(Vec<f32>, DeviceBuf<f32>)>,
+    /// Statistics of the pair being pruned (from `attn_stats`/`mlp_stats` to `prune_*`).
+    pending: Option<stats::DeviceStats>,
+    /// The last pair's `W2'`, kept for the step that uses it next.
+    kept_w2: Option<KeptW2>,
+    /// The dense up/gate of the current layer (from `mlp_stats`), for `advance`'s row gather.
+    dense_w1: Option<(DevLinear, Option<DevLinear>)>,
+}
+
+/// A `W2'` left on the device, with the identity of the host copy the pipeline got.
+struct KeptW2 {
+    w: DeviceBuf<f32>,
+    host: weights::Fingerprint,
+}
+
+impl KeptW2 {
+    /// The device copy of `l` (weights from here, the small bias uploaded) when `l.w` is the
+    /// matrix this was downloaded into (the pipeline moves it, never copies it); else a fresh upload.
+    fn linear(kept: Option<KeptW2>, gpu: &Gpu, l: &Linear, what: &str) -> Result<DevLinear> {
+        match kept {
+            Some(k) if k.host == weights::fingerprint(&l.w.data) => Ok(DevLinear {
+                w: Arc::new(k.w),
+                b: l.b.as_ref().map(|b| gpu.upload(b, what).map(Arc::new)).transpose()?,
+                out: l.w.rows,
+                inp: l.w.cols,
+            }),
+            _ => TensorCache::fresh_linear(gpu, l, what),
+        }
+    }
 }
 
 fn missing(step: &str) -> FaspError {
@@ -135,6 +172,9 @@ impl CudaBackend {
             ctx: None,
             cache: TensorCache::default(),
             inv_freq: None,
+            pending: None,
+            kept_w2: None,
+            dense_w1: None,
         })
     }
 
@@ -178,6 +218,52 @@ impl CudaBackend {
         out
     }
 
+    /// Score → select → gather → restore → errors on the resident statistics and `W2`; downloads
+    /// `W2'` and O(n) results, keeps `W2'` for the next step.
+    fn prune_pair<K: PairMarker>(&mut self, st: Stats<K>, job: &PairJob) -> Result<Pruned<K>> {
+        let kind = K::KIND;
+        let ds = self.pending.take().ok_or_else(|| missing("a pair pruned twice"))?;
+        super::check_job(job, kind, &st.summary)?;
+        let perr = |m: String| pair_error(job.layer, kind, m);
+        let gpu = self.gpu.clone();
+        let (rows, n) = (job.w2.w.rows, job.w2.w.cols);
+        let t0 = Instant::now();
+        let w2 = self.cache.get(&gpu, &job.w2.w.data, "W2")?;
+        let colscore = match &job.scoring {
+            Scoring::Fasp => {
+                let mut hd = gpu.alloc::<f32>(n, "diag(H) (fp32)")?;
+                stats::diag(&gpu, &ds.h, n, n, &mut hd)?;
+                let mut out = gpu.alloc::<f32>(n, "column scores")?;
+                score::column_scores(&gpu, &*w2, rows, n, &hd, &mut out, score::choose_path(&gpu, rows, n))?;
+                gpu.download(&out, n, "column scores")?.into_iter().map(f64::from).collect()
+            }
+            Scoring::Columns(c) => c.clone(),
+        };
+        let scores = super::unit_scores(job, kind, &colscore)?;
+        let kept_units = topk::top_k_f64(&gpu, &scores, job.k).map_err(perr)?;
+        let cols = super::kept_cols(job, &kept_units);
+        let p = complement(&cols, n);
+        let score_select = t0.elapsed().as_secs_f64();
+        let t0 = Instant::now();
+        let res = restore::Resident { w2: &w2, rows, n, h: &ds.h, hdiag: &st.summary.hdiag };
+        let r = restore::restore_resident(&gpu, &res, &cols, &p, job.damp, job.restore, self.solver)?.map_err(perr)?;
+        drop(ds);
+        let w2_new = Mat::from_vec(rows, cols.len(), gpu.download(&r.w2, rows * cols.len(), "W2' (pruned weights)")?);
+        self.kept_w2 = Some(KeptW2 { w: r.w2, host: weights::fingerprint(&w2_new.data) });
+        let pair = PrunedPair {
+            kept_units,
+            cols,
+            w2: w2_new,
+            lambda: r.lambda,
+            damp: r.damp,
+            retries: r.retries,
+            err2: r.err2,
+            err2_no_restore: r.err2_no_restore,
+            seconds: PairSeconds { score_select, restore: t0.elapsed().as_secs_f64() },
+        };
+        Ok(pruned(pair))
+    }
+
     fn rope_table(&mut self, cfg: &ModelConfig) -> Result<()> {
         let table = layer::inv_freq(cfg);
         if self.inv_freq.as_ref().is_none_or(|(t, _)| *t != table) {
@@ -196,7 +282,7 @@ impl Backend for CudaBackend {
         }
     }
 
-    fn begin(&mut self, inps: Mat, seqlen: usize) -> Result<()> {
+    fn begin(&mut self, inps: Mat, seqlen: usize) -> Result<LayerInput> {
         if !inps.is_finite() {
             return Err(nonfinite("embeddings"));
         }
@@ -211,13 +297,16 @@ impl Backend for CudaBackend {
         }
         self.hidden = None;
         self.ctx = None;
+        self.pending = None;
+        self.kept_w2 = None;
+        self.dense_w1 = None;
         self.cache.clear(&self.gpu)?;
         self.hidden = Some(self.gpu.upload(&inps.data, "hidden states")?);
         self.seqlen = seqlen;
         self.tokens = inps.rows;
         self.hidden_width = inps.cols;
         self.mid = false;
-        Ok(())
+        Ok(layer_input())
     }
 
     fn prefetch(&mut self, lw: &LayerWeights) -> Result<()> {
@@ -229,7 +318,7 @@ impl Backend for CudaBackend {
         true
     }
 
-    fn attn_stats(&mut self, cfg: &ModelConfig, lw: &LayerWeights) -> Result<PairStats> {
+    fn attn_stats(&mut self, _input: LayerInput, cfg: &ModelConfig, lw: &LayerWeights) -> Result<Stats<Attn>> {
         if self.hidden.is_none() {
             return Err(missing("attn_stats before begin"));
         }
@@ -274,12 +363,18 @@ impl Backend for CudaBackend {
         if gpu.download(&flag, 1, "finite flag")?[0] != 0 {
             return Err(nonfinite("attention context"));
         }
-        let stats = gram.finish(&gpu)?;
+        let ds = gram.finish(&gpu)?;
+        let summary = ds.summary.clone();
+        self.pending = Some(ds);
         self.ctx = Some((ctx, nctx));
-        Ok(stats)
+        Ok(stats_token(summary))
     }
 
-    fn mlp_stats(&mut self, cfg: &ModelConfig, lw: &LayerWeights, ctx_cols: &[usize]) -> Result<PairStats> {
+    fn prune_attn(&mut self, stats: Stats<Attn>, job: &PairJob) -> Result<Pruned<Attn>> {
+        self.prune_pair(stats, job)
+    }
+
+    fn mlp_stats(&mut self, _done: Done<Attn>, cfg: &ModelConfig, lw: &LayerWeights, ctx_cols: &[usize]) -> Result<Stats<Mlp>> {
         if self.hidden.is_none() {
             return Err(missing("mlp_stats before begin"));
         }
@@ -294,13 +389,14 @@ impl Backend for CudaBackend {
             )));
         }
         let gpu = self.gpu.clone();
-        let o = TensorCache::fresh_linear(&gpu, &lw.o, "o_proj (restored)")?;
+        let o = KeptW2::linear(self.kept_w2.take(), &gpu, &lw.o, "o_proj (restored)")?;
         let mw = MlpWeights {
             norm: self.cache.norm(&gpu, &lw.mlp_norm, "MLP norm")?,
             up: self.cache.linear(&gpu, &lw.up, "up_proj / fc1")?,
             gate: lw.gate.as_ref().map(|g| self.cache.linear(&gpu, g, "gate_proj")).transpose()?,
         };
         let ffn = mw.up.out;
+        let dense_w1 = (clone_linear(&mw.up), mw.gate.as_ref().map(clone_linear));
         let nk = ctx_cols.len();
         let gather = nk != nctx;
         let idx = if gather { Some(compact::upload_idx(&gpu, ctx_cols, "kept context columns")?) } else { None };
@@ -335,10 +431,18 @@ impl Backend for CudaBackend {
         if gpu.download(&flag, 1, "finite flag")?[0] != 0 {
             return Err(nonfinite("MLP activation"));
         }
-        gram.finish(&gpu)
+        let ds = gram.finish(&gpu)?;
+        let summary = ds.summary.clone();
+        self.pending = Some(ds);
+        self.dense_w1 = Some(dense_w1);
+        Ok(stats_token(summary))
     }
 
-    fn advance(&mut self, cfg: &ModelConfig, lw: &LayerWeights, mlp_cols: &[usize]) -> Result<()> {
+    fn prune_mlp(&mut self, stats: Stats<Mlp>, job: &PairJob) -> Result<Pruned<Mlp>> {
+        self.prune_pair(stats, job)
+    }
+
+    fn advance(&mut self, _done: Done<Mlp>, cfg: &ModelConfig, lw: &LayerWeights, mlp_cols: &[usize]) -> Result<LayerInput> {
         if !self.mid {
             return Err(missing("advance before mlp_stats"));
         }
@@ -351,12 +455,24 @@ impl Backend for CudaBackend {
         }
         let gpu = self.gpu.clone();
         let d = self.hidden_width;
-        let mw = MlpWeights {
-            norm: self.cache.norm(&gpu, &lw.mlp_norm, "MLP norm")?,
-            up: TensorCache::fresh_linear(&gpu, &lw.up, "up_proj / fc1 (kept rows)")?,
-            gate: lw.gate.as_ref().map(|g| TensorCache::fresh_linear(&gpu, g, "gate_proj (kept rows)")).transpose()?,
+        // the kept W1 rows: gathered on the device from the dense copies of mlp_stats
+        let dense = self.dense_w1.take();
+        let (up, gate) = match &dense {
+            Some((up, gate)) if up.out >= k && gate.is_some() == lw.gate.is_some() => {
+                let idx = compact::upload_idx(&gpu, mlp_cols, "kept MLP channels")?;
+                (
+                    kept_rows(&gpu, up, &lw.up, &idx, k)?,
+                    gate.as_ref().zip(lw.gate.as_ref()).map(|(d, g)| kept_rows(&gpu, d, g, &idx, k)).transpose()?,
+                )
+            }
+            _ => (
+                TensorCache::fresh_linear(&gpu, &lw.up, "up_proj / fc1 (kept rows)")?,
+                lw.gate.as_ref().map(|g| TensorCache::fresh_linear(&gpu, g, "gate_proj (kept rows)")).transpose()?,
+            ),
         };
-        let down = TensorCache::fresh_linear(&gpu, &lw.down, "down_proj / fc2 (restored)")?;
+        drop(dense);
+        let mw = MlpWeights { norm: self.cache.norm(&gpu, &lw.mlp_norm, "MLP norm")?, up, gate };
+        let down = KeptW2::linear(self.kept_w2.take(), &gpu, &lw.down, "down_proj / fc2 (restored)")?;
         let (chunk_w, _) = self.plan(cfg);
         let mut sc = MlpScratch::new(&gpu, cfg, self.seqlen, chunk_w, k, mw.gate.is_some())?;
         let mut flag = gpu.zeros::<i32>(1, "finite flag")?;
@@ -377,31 +493,30 @@ impl Backend for CudaBackend {
         if gpu.download(&flag, 1, "finite flag")?[0] != 0 {
             return Err(nonfinite("layer output"));
         }
-        Ok(())
+        Ok(layer_input())
     }
 
     fn device_counters(&self) -> Option<device::Counters> {
         Some(self.gpu.counters())
     }
 
-    fn column_scores(&self, w2: &Mat, hdiag: &[f64]) -> Result<Vec<f64>> {
-        if w2.cols != hdiag.len() {
-            return Err(FaspError::Numerics(format!("column scores: W2 has {} columns, diag(H) {}", w2.cols, hdiag.len())));
-        }
-        let gpu = &self.gpu;
-        let dw = gpu.upload(&w2.data, "W2 (scores)")?;
-        let h32: Vec<f32> = hdiag.iter().map(|&v| v as f32).collect();
-        let dh = gpu.upload(&h32, "diag(H)")?;
-        let mut out = gpu.alloc::<f32>(w2.cols, "column scores")?;
-        score::column_scores(gpu, &dw, w2.rows, w2.cols, &dh, &mut out, score::choose_path(gpu, w2.rows, w2.cols))?;
-        Ok(gpu.download(&out, w2.cols, "column scores")?.into_iter().map(f64::from).collect())
+    fn reset_phase_peak(&self) {
+        self.gpu.dev.reset_phase_peak()
     }
+}
 
-    fn top_k(&self, scores: &[f64], k: usize) -> Result<Vec<usize>, String> {
-        topk::top_k_f64(&self.gpu, scores, k)
-    }
+fn clone_linear(l: &DevLinear) -> DevLinear {
+    DevLinear { w: l.w.clone(), b: l.b.clone(), out: l.out, inp: l.inp }
+}
 
-    fn restore(&self, w2: &Mat, h: &Gram, s: &[usize], p: &[usize], damp: f64) -> Result<Restored, String> {
-        restore::restore(&self.gpu, w2, h, s, p, damp, self.solver)
-    }
+/// Rows `idx` (`k` of them) of the dense `d` on the device; the bias from the host's kept `l.b`.
+fn kept_rows(gpu: &Gpu, d: &DevLinear, l: &Linear, idx: &DeviceBuf<i32>, k: usize) -> Result<DevLinear> {
+    let mut w = gpu.alloc::<f32>(k * d.inp, "W1 (kept rows)")?;
+    compact::gather_rows(gpu, &*d.w, d.out, d.inp, idx, k, &mut w)?;
+    Ok(DevLinear {
+        w: Arc::new(w),
+        b: l.b.as_ref().map(|b| gpu.upload(b, "W1 bias (kept rows)").map(Arc::new)).transpose()?,
+        out: k,
+        inp: d.inp,
+    })
 }

@@ -1,9 +1,10 @@
-//! Restoration on the device (FASP-SPEC §6), composed from the wrappers (safe Rust only):
+//! Restoration on the device (docs/spec.md §6), composed from the wrappers (safe Rust only):
 //!
 //! ```text
 //! A = H[S,S]                      (fasp_gather_submatrix_f32, kept pristine for retries)
-//! M = W2[:,P] · H[P,S]            (fasp_gather_cols_f32 + fasp_gather_submatrix_f32 + cuBLAS sgemm;
+//! B = W2[:,P] · H[P,S]            (fasp_gather_cols_f32 + fasp_gather_submatrix_f32 + cuBLAS sgemm;
 //!                                  only for the reconstruction errors)
+//! e0 = <W2[:,P]·H[P,P], W2[:,P]>  (sgemm + fasp_stats_dot_partial_f32: the error of W2[:,S] alone)
 //! loop: A' = A + λI, λ = damp·mean(diag H[S,S])   (mean taken on the host in f64, as the CPU)
 //!       factor A'                 (blocked kernels, or cuSOLVER spotrf on request)
 //!       info ≠ 0 → damp *= 10, retry (≤ MAX_RETRIES)
@@ -11,25 +12,34 @@
 //!                                  spotrs: |P| right-hand sides, not one per row of W2)
 //! Y = W2[:,P] · Z                 (cuBLAS sgemm; = M (H_SS + λI)⁻¹ since H is symmetric)
 //! W2' = W2[:,S] + Y               (fasp_add_f32), checked finite on the device
+//! err² = e0 − <B, Y> − λ‖Y‖²     (fasp_stats_dot_partial_f32, sumsq: the CPU's closed form)
 //! ```
 //!
-//! The factorisation is fp32 (the CPU reference is f64); λ, the damping and the retries are
+//! Everything stays on the device (`restore_resident`): W2 and H are the resident copies, `W2'`
+//! is left there for the next step, and only scalars (info, λ's inputs, the error terms) and the
+//! index sets cross. The factorisation is fp32 (the CPU reference is f64); λ, the damping and the retries are
 //! decided exactly as on the CPU. `restore_batch` runs the same sequence for several problems
 //! with one launch sequence per step (matrices padded to a common size with an identity block).
 
 use super::cholesky::{self, Batch, Potrf, Trailing};
 use super::compact::{gather_cols, gather_submatrix, upload_idx};
+use super::context::need;
 use super::context::DeviceBuf;
 use super::context::Gpu;
 use super::forward as fw;
-use super::{blas, Solver};
+use super::{blas, stats, Solver};
 use crate::error::Result;
 use crate::prune::restore::{no_restore, restored_err2, Restored, MAX_RETRIES};
 use crate::tensor::{Gram, Mat};
 
 /// `mean(diag H[S,S])` in f64, and the CPU's early exits (non-finite; all kept channels dead).
 fn mean_diag(h: &Gram, s: &[usize]) -> Result<Option<f64>, String> {
-    let m = s.iter().map(|&j| h.get(j, j)).sum::<f64>() / s.len() as f64;
+    mean_of(&s.iter().map(|&j| h.get(j, j)).collect::<Vec<_>>())
+}
+
+/// The same from the summary's `diag(H)`.
+fn mean_of(diag_s: &[f64]) -> Result<Option<f64>, String> {
+    let m = diag_s.iter().sum::<f64>() / diag_s.len() as f64;
     if !m.is_finite() {
         return Err("statistics H are not finite".into());
     }
@@ -41,39 +51,77 @@ fn failed_msg(damp_used: f64) -> String {
     format!("Cholesky of H[S,S] + λI failed after {MAX_RETRIES} damping escalations (last damp {})", damp_used / 10.0)
 }
 
-/// `W2' = W2[:,S] + W2[:,P]·H[P,S]·(H[S,S] + λI)⁻¹` on the device; errors are worded like the
-/// CPU's (`prune::restore::restore`), device failures are prefixed "CUDA:".
-pub fn restore(gpu: &Gpu, w2: &Mat, h: &Gram, s: &[usize], p: &[usize], damp: f64, solver: Solver) -> Result<Restored, String> {
-    if p.is_empty() {
-        return Ok(no_restore(w2, h, s, p, damp));
-    }
-    let Some(mean) = mean_diag(h, s)? else {
-        return Ok(no_restore(w2, h, s, p, damp));
-    };
-    run(gpu, w2, h, s, p, damp, mean, solver).map_err(|e| e.to_string())?
+/// A pair's data on the device: `W2` `[rows][n]` and `H` `[n][n]` (fp32, both triangles), with
+/// `diag(H)` in f64 on the host (the summary: λ is decided from it exactly as on the CPU).
+pub struct Resident<'a> {
+    pub w2: &'a DeviceBuf<f32>,
+    pub rows: usize,
+    pub n: usize,
+    pub h: &'a DeviceBuf<f32>,
+    pub hdiag: &'a [f64],
 }
 
+/// A restoration done on the device: `W2'` stays there; only scalars came back.
+pub struct DeviceRestored {
+    /// `W2'` `[rows][|S|]`.
+    pub w2: DeviceBuf<f32>,
+    pub lambda: Option<f64>,
+    pub damp: f64,
+    pub retries: u32,
+    pub err2: f64,
+    pub err2_no_restore: f64,
+}
+
+/// `W2' = W2[:,S] + W2[:,P]·H[P,S]·(H[S,S] + λI)⁻¹` (or `W2[:,S]` when `restore` is false) on
+/// resident data, with the reconstruction errors from the restoration's own products (see the
+/// module docs). The outer error is a device failure; the inner one a numerical failure worded
+/// like the CPU's (`prune::restore::restore`).
 #[allow(clippy::too_many_arguments)]
-fn run(gpu: &Gpu, w2: &Mat, h: &Gram, s: &[usize], p: &[usize], damp: f64, mean: f64, solver: Solver) -> Result<Result<Restored, String>> {
-    let (rows, n, ns, np) = (w2.rows, h.n, s.len(), p.len());
-    let h32: Vec<f32> = h.data.iter().map(|&v| v as f32).collect();
-    let dh = gpu.upload(&h32, "H")?;
-    drop(h32);
-    let dw = gpu.upload(&w2.data, "W2")?;
-    let (ds, dp) = (upload_idx(gpu, s, "S")?, upload_idx(gpu, p, "P")?);
-    let mut hss = gpu.alloc::<f32>(ns * ns, "H[S,S]")?;
-    gather_submatrix(gpu, &dh, n, &ds, ns, &ds, ns, &mut hss)?;
-    let mut hps = gpu.alloc::<f32>(np * ns, "H[P,S]")?;
-    gather_submatrix(gpu, &dh, n, &dp, np, &ds, ns, &mut hps)?;
+pub fn restore_resident(
+    gpu: &Gpu,
+    d: &Resident,
+    s: &[usize],
+    p: &[usize],
+    damp: f64,
+    restore: bool,
+    solver: Solver,
+) -> Result<Result<DeviceRestored, String>> {
+    let (rows, n, ns, np) = (d.rows, d.n, s.len(), p.len());
+    need(d.w2, rows * n, "restore W2")?;
+    need(d.h, n * n, "restore H")?;
+    let ds = upload_idx(gpu, s, "S")?;
+    let mut out = gpu.alloc::<f32>(rows * ns, "W2'")?;
+    gather_cols(gpu, d.w2, rows, n, &ds, ns, &mut out)?;
+    let plain = |out, e0| Ok(Ok(DeviceRestored { w2: out, lambda: None, damp, retries: 0, err2: e0, err2_no_restore: e0 }));
+    if np == 0 {
+        return plain(out, 0.0);
+    }
+    let dp = upload_idx(gpu, p, "P")?;
     let mut w2p = gpu.alloc::<f32>(rows * np, "W2[:,P]")?;
-    gather_cols(gpu, &dw, rows, w2.cols, &dp, np, &mut w2p)?;
-    let b_host = {
-        let mut m = gpu.alloc::<f32>(rows * ns, "W2[:,P]·H[P,S]")?;
-        blas::matmul(gpu, &w2p, &hps, &mut m, rows, np, ns)?;
-        // B = W2[:,P]·H[P,S] on the host, for the reconstruction errors
-        gpu.download(&m, rows * ns, "W2[:,P]·H[P,S]")?
+    gather_cols(gpu, d.w2, rows, n, &dp, np, &mut w2p)?;
+    // e0 = tr(W2[:,P] H[P,P] W2[:,P]ᵀ) = <W2[:,P]·H[P,P], W2[:,P]>
+    let e0 = {
+        let mut hpp = gpu.alloc::<f32>(np * np, "H[P,P]")?;
+        gather_submatrix(gpu, d.h, n, &dp, np, &dp, np, &mut hpp)?;
+        let mut t = gpu.alloc::<f32>(rows * np, "W2[:,P]·H[P,P]")?;
+        blas::matmul(gpu, &w2p, &hpp, &mut t, rows, np, np)?;
+        stats::dot(gpu, &t, &w2p, rows * np)?.max(0.0)
     };
-    drop(dh);
+    if !restore {
+        return plain(out, e0);
+    }
+    let mean = match mean_of(&s.iter().map(|&j| d.hdiag[j]).collect::<Vec<_>>()) {
+        Err(e) => return Ok(Err(e)),
+        Ok(None) => return plain(out, e0),
+        Ok(Some(m)) => m,
+    };
+    let mut hss = gpu.alloc::<f32>(ns * ns, "H[S,S]")?;
+    gather_submatrix(gpu, d.h, n, &ds, ns, &ds, ns, &mut hss)?;
+    let mut hps = gpu.alloc::<f32>(np * ns, "H[P,S]")?;
+    gather_submatrix(gpu, d.h, n, &dp, np, &ds, ns, &mut hps)?;
+    // B = W2[:,P]·H[P,S], for the errors
+    let mut bm = gpu.alloc::<f32>(rows * ns, "W2[:,P]·H[P,S]")?;
+    blas::matmul(gpu, &w2p, &hps, &mut bm, rows, np, ns)?;
     let mut z = gpu.alloc::<f32>(np * ns, "Z = H[P,S](H_SS + λI)⁻¹")?;
     let mut a = gpu.alloc::<f32>(ns * ns, "H[S,S] + λI")?;
     let mut info = gpu.alloc::<i32>(1, "Cholesky info")?;
@@ -111,21 +159,46 @@ fn run(gpu: &Gpu, w2: &Mat, h: &Gram, s: &[usize], p: &[usize], damp: f64, mean:
                     cholesky::solve_upper(gpu, &a, shape, &mut z, np, ns, 0)?;
                 }
             }
+            // ΔW = Y = W2[:,P]·Z
             let mut y = gpu.alloc::<f32>(rows * ns, "Y = W2[:,P]·Z")?;
             blas::matmul(gpu, &w2p, &z, &mut y, rows, np, ns)?;
-            let mut out = gpu.alloc::<f32>(rows * ns, "W2'")?;
-            gather_cols(gpu, &dw, rows, w2.cols, &ds, ns, &mut out)?;
+            let b_dw = stats::dot(gpu, &bm, &y, rows * ns)?;
+            let dw2 = stats::sum_sq_diff(gpu, &y, None, rows * ns)?;
             fw::add_assign(gpu, &mut out, &y, rows * ns)?;
             if !fw::all_finite(gpu, &out, rows * ns)? {
                 return Ok(Err("restored weights are not finite".into()));
             }
-            let w2_new = Mat::from_vec(rows, ns, gpu.download(&out, rows * ns, "W2'")?);
-            let (err2, err2_no_restore) = restored_err2(w2, h, s, p, &b_host, &w2_new, lambda);
-            return Ok(Ok(Restored { w2: w2_new, lambda: Some(lambda), damp: damp_used, retries: retry, err2, err2_no_restore }));
+            let err2 = (e0 - b_dw - lambda * dw2).max(0.0);
+            return Ok(Ok(DeviceRestored { w2: out, lambda: Some(lambda), damp: damp_used, retries: retry, err2, err2_no_restore: e0 }));
         }
         damp_used *= 10.0;
     }
     Ok(Err(failed_msg(damp_used)))
+}
+
+/// Host-facing restoration (tests, benches): uploads `W2` and `H` (fp32), runs
+/// `restore_resident`, downloads `W2'`. Errors are worded like the CPU's; device failures are
+/// prefixed "CUDA:".
+pub fn restore(gpu: &Gpu, w2: &Mat, h: &Gram, s: &[usize], p: &[usize], damp: f64, solver: Solver) -> Result<Restored, String> {
+    let run = || -> Result<Result<Restored, String>> {
+        let h32: Vec<f32> = h.data.iter().map(|&v| v as f32).collect();
+        let dh = gpu.upload(&h32, "H")?;
+        let dw = gpu.upload(&w2.data, "W2")?;
+        let hdiag = h.diag();
+        let d = Resident { w2: &dw, rows: w2.rows, n: w2.cols, h: &dh, hdiag: &hdiag };
+        Ok(match restore_resident(gpu, &d, s, p, damp, true, solver)? {
+            Err(e) => Err(e),
+            Ok(r) => Ok(Restored {
+                w2: Mat::from_vec(w2.rows, s.len(), gpu.download(&r.w2, w2.rows * s.len(), "W2'")?),
+                lambda: r.lambda,
+                damp: r.damp,
+                retries: r.retries,
+                err2: r.err2,
+                err2_no_restore: r.err2_no_restore,
+            }),
+        })
+    };
+    run().map_err(|e| e.to_string())?
 }
 
 /// Whether the factor is finite (the strict upper triangle holds finite H values, so the whole

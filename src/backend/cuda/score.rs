@@ -1,4 +1,4 @@
-//! Thin wrappers of `score.cu`, the fused FASP metric (FASP-SPEC §5): one pass over `W2` that
+//! Thin wrappers of `score.cu`, the fused FASP metric (docs/spec.md §5): one pass over `W2` that
 //! gives `colscore_j = sqrt(max(H_jj, 0)) · Σ_i |W2[i,j]|` (fp64 column sums), and the GQA unit
 //! sums. With few columns per SM (e.g. o_proj, `cols/256 < #SMs`) the rows are split across a
 //! second grid dimension (`*_partial`, fp64 partial sums) and summed in split order by

@@ -1,16 +1,30 @@
 //! Thin wrappers of `stats.cu`, and `GramAccumulator`, which builds the statistics of a pair
-//! (FASP-SPEC §4) on the device: for each chunk of calibration tokens `X[t][n]`,
+//! (docs/spec.md §4) on the device: for each chunk of calibration tokens `X[t][n]`,
 //! `H_chunk = XᵀX` by cuBLAS ssyrk in fp32 (lower triangle, then `fasp_stats_symmetrize_f32`),
 //! added into an fp64 running `H` (`fasp_stats_accumulate_f64`), and the column sums `Xᵀ1` by
-//! sgemv, added into fp64 sums likewise. Memory stays bounded by one chunk; `finish` downloads
-//! `H` as the f64 `Gram` of `PairStats`.
+//! sgemv, added into fp64 sums likewise. Memory stays bounded by one chunk. `finish` keeps `H` on
+//! the device (converted to fp32 into the chunk buffer, the fp64 sum freed) and downloads only the
+//! O(n) summary: `diag(H)` and `Σx` in fp64, and the token count.
 
 use super::blas;
 use super::context::{c_int, cfg, grid_1d, launch, need, Gpu};
 use super::context::{DeviceBuf, DevicePtr, DevicePtrMut};
-use crate::backend::PairStats;
+use crate::backend::StatsSummary;
 use crate::error::Result;
 use crate::tensor::Gram;
+
+/// `fasp_stats_diag_f64`: `diag[i] = H[i][i]` of an fp64 `H`.
+pub fn diag_f64(gpu: &Gpu, h: &impl DevicePtr<f64>, n: usize, ldh: usize, out: &mut impl DevicePtrMut<f64>) -> Result<()> {
+    need(h, if n == 0 { 0 } else { (n - 1) * ldh + n }, "diag H")?;
+    need(out, n, "diag out")?;
+    if n == 0 {
+        return Ok(());
+    }
+    let ph = h.addr();
+    let po = out.addr_mut();
+    let (cn, cl) = (c_int(n, "n")?, c_int(ldh, "ldh")?);
+    launch!(gpu, "stats", "fasp_stats_diag_f64", cfg((grid_1d(n, 256), 1, 1), (256, 1, 1)), [ph, cn, cl, po])
+}
 
 /// `fasp_stats_diag_f32`: `diag[i] = H[i][i]`.
 pub fn diag(gpu: &Gpu, h: &impl DevicePtr<f32>, n: usize, ldh: usize, out: &mut impl DevicePtrMut<f32>) -> Result<()> {
@@ -91,6 +105,44 @@ pub fn sum_sq_diff(gpu: &Gpu, a: &impl DevicePtr<f32>, b: Option<&DeviceBuf<f32>
     Ok(gpu.download(&out, 1, "sumsq")?[0])
 }
 
+/// `Σ a·b` over `n` values in fp64, in a fixed order (`fasp_stats_dot_partial_f32`, then
+/// `fasp_stats_sum_f64`). Synchronises to read the result (8 bytes).
+pub fn dot(gpu: &Gpu, a: &impl DevicePtr<f32>, b: &impl DevicePtr<f32>, n: usize) -> Result<f64> {
+    need(a, n, "dot a")?;
+    need(b, n, "dot b")?;
+    let mut partial = gpu.alloc::<f64>(SUMSQ_BLOCKS, "dot partial")?;
+    let mut out = gpu.alloc::<f64>(1, "dot out")?;
+    {
+        let pa = a.addr();
+        let pb = b.addr();
+        let pp = partial.addr_mut();
+        let nn = n as i64;
+        launch!(gpu, "stats", "fasp_stats_dot_partial_f32", cfg((SUMSQ_BLOCKS as u32, 1, 1), (256, 1, 1)), [pa, pb, nn, pp])?;
+    }
+    {
+        let pp = partial.addr();
+        let po = out.addr_mut();
+        let np = SUMSQ_BLOCKS as i32;
+        launch!(gpu, "stats", "fasp_stats_sum_f64", cfg((1, 1, 1), (256, 1, 1)), [pp, np, po])?;
+    }
+    Ok(gpu.download(&out, 1, "dot")?[0])
+}
+
+/// A pair's statistics kept on the device: `H` (fp32, both triangles) and the summary the host got.
+pub struct DeviceStats {
+    pub n: usize,
+    pub h: DeviceBuf<f32>,
+    pub summary: StatsSummary,
+}
+
+impl DeviceStats {
+    /// Downloads `H` (tests and diagnostics only; the pipeline never does).
+    pub fn download_h(&self, gpu: &Gpu) -> Result<Gram> {
+        let h = gpu.download(&self.h, self.n * self.n, "H (diagnostics)")?;
+        Ok(Gram { n: self.n, data: h.into_iter().map(f64::from).collect() })
+    }
+}
+
 /// `H = Σ x xᵀ` and `Σ x` of a pair's input, accumulated chunk by chunk on the device.
 pub struct GramAccumulator {
     pub n: usize,
@@ -134,18 +186,15 @@ impl GramAccumulator {
         Ok(())
     }
 
-    /// The running `H` in fp32 (e.g. for a device-side restoration).
-    pub fn h_f32(&self, gpu: &Gpu) -> Result<DeviceBuf<f32>> {
-        let mut h = gpu.alloc::<f32>(self.n * self.n, "H (fp32)")?;
-        f64_to_f32(gpu, &self.acc, &mut h, self.n * self.n)?;
-        Ok(h)
-    }
-
-    /// Downloads the statistics.
-    pub fn finish(self, gpu: &Gpu) -> Result<PairStats> {
+    /// Keeps `H` on the device (fp32) and downloads the O(n) summary.
+    pub fn finish(self, gpu: &Gpu) -> Result<DeviceStats> {
         let n = self.n;
-        let data = gpu.download(&self.acc, n * n, "H")?;
+        let mut d = gpu.alloc::<f64>(n, "diag(H)")?;
+        diag_f64(gpu, &self.acc, n, n, &mut d)?;
+        let hdiag = gpu.download(&d, n, "diag(H)")?;
         let col_sum = gpu.download(&self.sum_acc, n, "column sums")?;
-        Ok(PairStats { h: Gram { n, data }, col_sum, tokens: self.tokens })
+        let mut h = self.chunk;
+        f64_to_f32(gpu, &self.acc, &mut h, n * n)?;
+        Ok(DeviceStats { n, h, summary: StatsSummary { hdiag, col_sum, tokens: self.tokens } })
     }
 }

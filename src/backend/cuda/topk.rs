@@ -1,5 +1,5 @@
 //! Thin wrappers of `topk.cu`: keep the `k` best of `n` fp32 scores under the order
-//! `(-score, index)` (ties to the lower index, FASP-SPEC §5), giving the kept indices in
+//! `(-score, index)` (ties to the lower index, docs/spec.md §5), giving the kept indices in
 //! increasing order and a 0/1 mask. `fasp_topk_select` does everything in one 1024-thread block
 //! for n ≤ 32768; the multi-block path (`fasp_topk_rank_mask` over ceil(n/256) blocks, then
 //! `fasp_topk_compact` in one block) handles any n and is faster for large n. Status: 0 ok,

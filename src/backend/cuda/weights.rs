@@ -13,13 +13,13 @@ use std::sync::Arc;
 
 /// Identity of a host buffer: address, length and sampled bit patterns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Fingerprint {
+pub struct Fingerprint {
     addr: usize,
     len: usize,
     sample: u64,
 }
 
-fn fingerprint(v: &[f32]) -> Fingerprint {
+pub fn fingerprint(v: &[f32]) -> Fingerprint {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     if !v.is_empty() {
         for i in 0..16 {

@@ -176,6 +176,7 @@ struct State {
     counters: Counters,
     bytes_live: usize,
     bytes_peak: usize,
+    bytes_phase_peak: usize,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -209,6 +210,7 @@ impl EmuDevice {
                 counters: Counters::default(),
                 bytes_live: 0,
                 bytes_peak: 0,
+                bytes_phase_peak: 0,
             }),
             memory,
         }
@@ -401,6 +403,7 @@ impl Device for EmuDevice {
         st.by_base.insert(base, idx);
         st.bytes_live += bytes;
         st.bytes_peak = st.bytes_peak.max(st.bytes_live);
+        st.bytes_phase_peak = st.bytes_phase_peak.max(st.bytes_live);
         // the allocation is an operation of its stream: other streams must be ordered after it
         st.access(idx, s, Access::Write, "allocation")?;
         st.tick(s);
@@ -879,7 +882,12 @@ impl Device for EmuDevice {
 
     fn counters(&self) -> Counters {
         let st = self.lock();
-        Counters { peak_bytes: st.bytes_peak as u64, ..st.counters }
+        Counters { peak_bytes: st.bytes_peak as u64, phase_peak_bytes: st.bytes_phase_peak as u64, ..st.counters }
+    }
+
+    fn reset_phase_peak(&self) {
+        let mut st = self.lock();
+        st.bytes_phase_peak = st.bytes_live;
     }
 }
 

@@ -178,6 +178,8 @@ pub struct Counters {
     pub d2h_bytes: u64,
     /// The most device memory allocated at once through this device (bytes).
     pub peak_bytes: u64,
+    /// The same since the last `reset_phase_peak` (per-phase reports).
+    pub phase_peak_bytes: u64,
 }
 
 /// What the CUDA backend needs from a device. Every enqueueing call is ordered on its stream;
@@ -245,6 +247,9 @@ pub trait Device: Send + Sync {
     }
 
     fn counters(&self) -> Counters;
+
+    /// Starts a new phase for `Counters::phase_peak_bytes` (set to what is allocated now).
+    fn reset_phase_peak(&self);
 }
 
 /// Plain-old-data element types of device buffers.

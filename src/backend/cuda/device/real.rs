@@ -58,8 +58,8 @@ pub struct CudaDevice {
     library_calls: AtomicU64,
     h2d: AtomicU64,
     d2h: AtomicU64,
-    /// Live allocations (address → bytes), live and peak bytes.
-    sizes: Mutex<(HashMap<u64, usize>, usize, usize)>,
+    /// Live allocations (address → bytes), live, peak and phase-peak bytes.
+    sizes: Mutex<(HashMap<u64, usize>, usize, usize, usize)>,
 }
 
 impl CudaDevice {
@@ -94,7 +94,7 @@ impl CudaDevice {
             library_calls: AtomicU64::new(0),
             h2d: AtomicU64::new(0),
             d2h: AtomicU64::new(0),
-            sizes: Mutex::new((HashMap::new(), 0, 0)),
+            sizes: Mutex::new((HashMap::new(), 0, 0, 0)),
         })
     }
 
@@ -219,6 +219,7 @@ impl Device for CudaDevice {
         z.0.insert(p, bytes);
         z.1 += bytes;
         z.2 = z.2.max(z.1);
+        z.3 = z.3.max(z.1);
         Ok(p)
     }
 
@@ -497,6 +498,12 @@ impl Device for CudaDevice {
             h2d_bytes: self.h2d.load(Ordering::Relaxed),
             d2h_bytes: self.d2h.load(Ordering::Relaxed),
             peak_bytes: self.sizes.lock().unwrap_or_else(|e| e.into_inner()).2 as u64,
+            phase_peak_bytes: self.sizes.lock().unwrap_or_else(|e| e.into_inner()).3 as u64,
         }
+    }
+
+    fn reset_phase_peak(&self) {
+        let mut z = self.sizes.lock().unwrap_or_else(|e| e.into_inner());
+        z.3 = z.1;
     }
 }
