@@ -573,10 +573,14 @@ fn inspect(a: InspectArgs) -> Result<()> {
     let c = &m.cfg;
     let mut tensors = m.src.tensors();
     tensors.sort();
+    // the family a .gguf file resolved to is named by its own architecture too
+    let gguf_arch = a.model.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")).then(|| c.family.arch().gguf_arch);
     let info = serde_json::json!({
         "path": a.model.display().to_string(),
         "source": m.src.describe(),
         "model_type": c.family.name(),
+        "family": c.family.name(),
+        "gguf_architecture": gguf_arch,
         "hidden_size": c.hidden,
         "layers": c.layers,
         "heads": c.heads,
@@ -605,7 +609,8 @@ fn inspect(a: InspectArgs) -> Result<()> {
         return Ok(());
     }
     println!("{}  ({})", a.model.display(), m.src.describe());
-    println!("  architecture   {}{}", c.family.name(), if c.compact_v_units.is_some() { " (FASP compact)" } else { "" });
+    let from_gguf = gguf_arch.map(|g| format!(" (GGUF architecture '{g}')")).unwrap_or_default();
+    println!("  family         {}{from_gguf}{}", c.family.name(), if c.compact_v_units.is_some() { " (FASP compact)" } else { "" });
     println!("  hidden         {}", c.hidden);
     println!("  layers         {}", c.layers);
     println!("  heads          {} (kv {}, head_dim {}, group {})", c.heads, c.kv_heads, c.head_dim, c.group());
