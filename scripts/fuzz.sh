@@ -66,7 +66,7 @@ case "$mode" in
                 cp "$tmp/artifacts/$t"/* "$ROOT/fuzz/artifacts/$t/" 2>/dev/null || true
                 die "fuzz target $t failed (the input is in fuzz/artifacts/$t/; replay: cargo fuzz run $t fuzz/artifacts/$t/FILE)"
             fi
-            grep -E '^stat::number_of_executed_units|^Done [0-9]+ runs' "$tmp/$t.log" | tail -1 | sed "s/^/fuzz.sh: $t: /"
+            { grep -E '^stat::number_of_executed_units|^Done [0-9]+ runs' "$tmp/$t.log" || true; } | tail -1 | sed "s/^/fuzz.sh: $t: /"
         done
         ;;
     run)
