@@ -111,7 +111,63 @@ impl Perplexity {
     }
 }
 
+/// Vocabulary rows per logits chunk for a window of `seqlen`: the chunk's logits stay near
+/// `LOGIT_CHUNK_FLOATS` floats (32 MB), so a 262k vocabulary never materializes `[seqlen, vocab]`.
+const LOGIT_CHUNK_FLOATS: usize = 8 << 20;
+
+fn vocab_chunk(seqlen: usize) -> usize {
+    (LOGIT_CHUNK_FLOATS / seqlen.max(1)).clamp(256, 65536)
+}
+
+/// `Σ_t −log softmax(logits_t)[ids[t+1]]` over one window, from its last hidden states `h`
+/// (`[seqlen, d]`): final norm, then the logits `chunk` vocabulary rows at a time with an online
+/// log-sum-exp (running max, f64 sum rescaled when the max grows) and the final soft-cap applied
+/// per chunk. Equal to [`window_nll`] on the full logits up to f64 rounding.
+pub fn window_nll_chunked(
+    cfg: &crate::model::ModelConfig,
+    final_norm: &crate::model::Norm,
+    head: &Mat,
+    h: &Mat,
+    ids: &[u32],
+    chunk: usize,
+) -> f64 {
+    use faer::linalg::matmul::matmul;
+    use faer::{Accum, MatRef, Par};
+    let n = ids.len() - 1;
+    let d = h.cols;
+    let x = forward::norm_as(h, final_norm, cfg.arch().norm, cfg.norm_eps);
+    let x = MatRef::from_row_major_slice(&x.data[..n * d], n, d);
+    let mut max = vec![f32::NEG_INFINITY; n];
+    let mut sum = vec![0.0f64; n];
+    let mut target = vec![0.0f32; n];
+    let chunk = chunk.max(1);
+    for v0 in (0..head.rows).step_by(chunk) {
+        let v1 = (v0 + chunk).min(head.rows);
+        let w = MatRef::from_row_major_slice(&head.data[v0 * d..v1 * d], v1 - v0, d);
+        let mut out = Mat::zeros(n, v1 - v0);
+        matmul(out.view_mut(), Accum::Replace, x, w.transpose(), 1.0f32, Par::rayon(0));
+        if let Some(cap) = cfg.final_logit_softcap {
+            out.data.iter_mut().for_each(|v| *v = (*v / cap).tanh() * cap);
+        }
+        for t in 0..n {
+            let row = out.row(t);
+            let m = crate::math::max(row).max(max[t]);
+            if m > max[t] {
+                sum[t] *= ((max[t] - m) as f64).exp();
+                max[t] = m;
+            }
+            sum[t] += crate::math::sum_exp_f64(row, m);
+            let tg = ids[t + 1] as usize;
+            if (v0..v1).contains(&tg) {
+                target[t] = row[tg - v0];
+            }
+        }
+    }
+    (0..n).map(|t| sum[t].ln() - (target[t] - max[t]) as f64).sum()
+}
+
 /// NLL summed over windows, from the last hidden states `h` (`[n·seqlen, d]`) of the windows `ids`.
+/// The logits are computed a vocabulary chunk at a time ([`window_nll_chunked`]).
 pub fn hidden_nll(
     cfg: &crate::model::ModelConfig,
     final_norm: &crate::model::Norm,
@@ -124,12 +180,47 @@ pub fn hidden_nll(
     if !h.is_finite() {
         return Err(FaspError::Numerics("non-finite hidden states in evaluation".into()));
     }
+    let chunk = vocab_chunk(seqlen);
     let mut nll = 0.0;
     for w in 0..ids.len() / seqlen {
         let hw = Mat::from_vec(seqlen, cfg.hidden, h.data[w * seqlen * cfg.hidden..(w + 1) * seqlen * cfg.hidden].to_vec());
-        let lg = forward::logits(cfg, final_norm, head, &hw);
-        nll += window_nll(&lg, &ids[w * seqlen..(w + 1) * seqlen]);
+        nll += window_nll_chunked(cfg, final_norm, head, &hw, &ids[w * seqlen..(w + 1) * seqlen], chunk);
         on_window(w + 1);
     }
     Ok(nll)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{ModelConfig, Norm};
+    use rand::{Rng, SeedableRng};
+
+    /// The chunked NLL equals the one over the full logits (to f32 `exp` rounding under a
+    /// different shift per chunk), for every chunk size (one row, an
+    /// uneven split, the whole vocabulary), with and without the final soft-cap, and with a
+    /// logit spread wide enough that the running max grows across chunks.
+    #[test]
+    fn chunked_log_softmax_equals_the_full_one() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let (d, vocab, seqlen) = (16, 37, 9);
+        for cap in [None, Some(3.0)] {
+            let mut cfg = ModelConfig::from_json(serde_json::json!({"model_type":"gemma3_text","hidden_size":d,
+                "num_hidden_layers":1,"num_attention_heads":1,"head_dim":8,"intermediate_size":8,"vocab_size":vocab,"sliding_window":4}))
+            .unwrap();
+            cfg.final_logit_softcap = cap;
+            let mut r = |n: usize, s: f32| (0..n).map(|_| rng.random_range(-s..s)).collect::<Vec<f32>>();
+            let h = Mat::from_vec(seqlen, d, r(seqlen * d, 4.0));
+            let head = Mat::from_vec(vocab, d, r(vocab * d, 3.0));
+            let norm = Norm { w: r(d, 0.5), b: None };
+            let ids: Vec<u32> = (0..seqlen as u32).map(|i| (i * 11 + 5) % vocab as u32).collect();
+            let full = window_nll(&forward::logits(&cfg, &norm, &head, &h), &ids);
+            for chunk in [1, 5, vocab, 1000] {
+                let got = window_nll_chunked(&cfg, &norm, &head, &h, &ids, chunk);
+                assert!((got - full).abs() <= 1e-7 * full.abs(), "cap {cap:?} chunk {chunk}: {got} vs {full}");
+            }
+        }
+        assert_eq!(vocab_chunk(512), 16384);
+        assert_eq!(vocab_chunk(1 << 30), 256);
+    }
 }

@@ -1,5 +1,6 @@
-//! GGUF (v2/v3) reader over a memory map, dequantization to f32, and the LLaMA mapping to
-//! Hugging Face names, config and tokenizer.
+//! GGUF (v2/v3) reader over a memory map, dequantization to f32, and the mapping of the llama,
+//! mistral, qwen2, qwen3 and gemma3 architectures to Hugging Face names, config and tokenizer
+//! through the families' descriptions ([`crate::model::arch::Arch`]).
 //!
 //! Every count, length and offset read from the file is checked against the file size before
 //! anything is allocated or sliced, so a malformed or truncated file gives a [`GgufError`]
@@ -17,6 +18,13 @@ use std::path::{Path, PathBuf};
 use half::{bf16, f16};
 use memmap2::Mmap;
 use rayon::prelude::*;
+
+use crate::model::arch::{Arch, Family};
+
+/// The prefix of the HF names a GGUF file's tensors get (`model.layers.0...`).
+const HF_PREFIX: &str = "model.";
+/// The GGUF architectures read as models.
+const GGUF_FAMILIES: [Family; 5] = [Family::Llama, Family::Mistral, Family::Qwen2, Family::Qwen3, Family::Gemma3];
 
 const GGUF_MAGIC: &[u8; 4] = b"GGUF";
 const DEFAULT_ALIGNMENT: u64 = 32;
@@ -61,8 +69,10 @@ pub enum GgufError {
     TensorNotFound { path: PathBuf, name: String },
     #[error("{}: metadata '{key}': {msg}", .path.display())]
     Metadata { path: PathBuf, key: String, msg: String },
-    #[error("{}: architecture '{arch}' is not supported (only 'llama')", .path.display())]
+    #[error("{}: GGUF architecture '{arch}' is not supported (supported: llama, mistral, qwen2, qwen3, gemma3)", .path.display())]
     UnsupportedArchitecture { path: PathBuf, arch: String },
+    #[error("{}: {msg}", .path.display())]
+    Unsupported { path: PathBuf, msg: String },
     #[error("{}: cannot build tokenizer: {msg}", .path.display())]
     Tokenizer { path: PathBuf, msg: String },
 }
@@ -591,72 +601,101 @@ impl GgufFile {
         a.iter().map(|x| x.as_str().ok_or_else(|| self.meta_err(key, "expected an array of strings"))).collect()
     }
 
-    fn check_llama(&self) -> Result<(), GgufError> {
+    /// The family of this file's `general.architecture`, or an error naming an unsupported one.
+    pub fn family(&self) -> Result<Family, GgufError> {
         let arch = self.meta_str("general.architecture")?.ok_or_else(|| self.meta_err("general.architecture", "missing"))?;
-        if arch != "llama" {
-            return Err(GgufError::UnsupportedArchitecture { path: self.path.clone(), arch: arch.to_string() });
-        }
-        Ok(())
+        Family::from_gguf_arch(arch)
+            .filter(|f| GGUF_FAMILIES.contains(f))
+            .ok_or_else(|| GgufError::UnsupportedArchitecture { path: self.path.clone(), arch: arch.to_string() })
     }
 
-    /// (n_head, n_head_kv) from the llama metadata.
-    fn llama_heads(&self) -> Result<(u64, u64), GgufError> {
-        let n_head = self.meta_u64_req("llama.attention.head_count")?;
-        let n_head_kv = self.meta_u64("llama.attention.head_count_kv")?.unwrap_or(n_head);
+    /// The description used for tensor names: the file's family, LLaMA when it has none.
+    fn arch_or_llama(&self) -> &'static Arch {
+        self.family().unwrap_or(Family::Llama).arch()
+    }
+
+    /// (n_head, n_head_kv) from the `{arch}.attention.*` metadata.
+    fn heads(&self, g: &str) -> Result<(u64, u64), GgufError> {
+        let key = format!("{g}.attention.head_count");
+        let n_head = self.meta_u64_req(&key)?;
+        let n_head_kv = self.meta_u64(&format!("{g}.attention.head_count_kv"))?.unwrap_or(n_head);
         if n_head == 0 || n_head_kv == 0 {
-            return Err(self.meta_err("llama.attention.head_count", "head counts must be positive"));
+            return Err(self.meta_err(&key, "head counts must be positive"));
         }
         Ok((n_head, n_head_kv))
     }
 
-    /// HF-style LLaMA config.json content. Errors if `general.architecture` is not llama.
+    /// `rope_scaling` from `{arch}.rope.scaling.*` (null when absent or `none`). Llama-3's
+    /// frequency factors stored as a `rope_freqs.weight` tensor are refused.
+    fn rope_scaling(&self, g: &str) -> Result<serde_json::Value, GgufError> {
+        if self.tensor_info("rope_freqs.weight").is_some() {
+            return Err(GgufError::Unsupported {
+                path: self.path.clone(),
+                msg: "rotary frequency factors stored as 'rope_freqs.weight' (Llama-3.x rope scaling) are not supported; \
+                      convert the HF checkpoint instead"
+                    .into(),
+            });
+        }
+        let key = format!("{g}.rope.scaling.type");
+        match self.meta_str(&key)? {
+            None | Some("none") => Ok(serde_json::Value::Null),
+            Some("linear") => {
+                let fkey = format!("{g}.rope.scaling.factor");
+                let f = self.meta_f64(&fkey)?.ok_or_else(|| self.meta_err(&fkey, "missing for linear rope scaling"))?;
+                Ok(serde_json::json!({"rope_type": "linear", "factor": f}))
+            }
+            Some(other) => Err(self.meta_err(&key, format!("rope scaling '{other}' is not supported (none, linear)"))),
+        }
+    }
+
+    /// HF-style config.json content for the file's family (llama, mistral, qwen2, qwen3, gemma3
+    /// map to `llama`, `mistral`, `qwen2`, `qwen3`, `gemma3_text`). Gemma-3 settings that
+    /// llama.cpp hard-codes instead of storing (sliding pattern, local rope base, attention scale)
+    /// fall back to the Gemma-3 defaults, with a log line naming each.
     pub fn hf_config(&self) -> Result<serde_json::Value, GgufError> {
-        self.check_llama()?;
-        let hidden = self.meta_u64_req("llama.embedding_length")?;
-        let ffn = self.meta_u64_req("llama.feed_forward_length")?;
-        let layers = self.meta_u64_req("llama.block_count")?;
-        let (n_head, n_head_kv) = self.llama_heads()?;
-        let head_dim = match self.meta_u64("llama.attention.key_length")? {
+        let family = self.family()?;
+        let a = family.arch();
+        let g = a.gguf_arch;
+        let k = |s: &str| format!("{g}.{s}");
+        let hidden = self.meta_u64_req(&k("embedding_length"))?;
+        let ffn = self.meta_u64_req(&k("feed_forward_length"))?;
+        let layers = self.meta_u64_req(&k("block_count"))?;
+        let (n_head, n_head_kv) = self.heads(g)?;
+        let head_dim = match self.meta_u64(&k("attention.key_length"))? {
             Some(d) => d,
             None => {
                 if hidden % n_head != 0 {
-                    return Err(self.meta_err("llama.embedding_length", format!("{hidden} not divisible by {n_head} heads")));
+                    return Err(self.meta_err(&k("embedding_length"), format!("{hidden} not divisible by {n_head} heads")));
                 }
                 hidden / n_head
             }
         };
-        let eps = self.meta_f64("llama.attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5);
-        let rope_theta = self.meta_f64("llama.rope.freq_base")?.unwrap_or(10000.0);
-        let ctx = self.meta_u64("llama.context_length")?.unwrap_or(2048);
-        let vocab = match self.meta_u64("llama.vocab_size")? {
+        let eps = self.meta_f64(&k("attention.layer_norm_rms_epsilon"))?.unwrap_or(a.eps_default as f64);
+        let rope_theta = self.meta_f64(&k("rope.freq_base"))?.unwrap_or(10000.0);
+        let ctx = self.meta_u64(&k("context_length"))?.unwrap_or(2048);
+        let vocab = match self.meta_u64(&k("vocab_size"))? {
             Some(v) => v,
             None => match self.metadata("tokenizer.ggml.tokens").and_then(|v| v.as_array()) {
                 Some(a) => a.len() as u64,
                 None => self
                     .tensor_info("token_embd.weight")
                     .and_then(|t| t.dims.get(1).copied())
-                    .ok_or_else(|| self.meta_err("llama.vocab_size", "missing, and no tokenizer or token_embd to infer it from"))?,
+                    .ok_or_else(|| self.meta_err(&k("vocab_size"), "missing, and no tokenizer or token_embd to infer it from"))?,
             },
         };
         let tied = self.tensor_info("output.weight").is_none();
         let bos = self.meta_u64("tokenizer.ggml.bos_token_id")?;
         let eos = self.meta_u64("tokenizer.ggml.eos_token_id")?;
         let pad = self.meta_u64("tokenizer.ggml.padding_token_id")?;
-        Ok(serde_json::json!({
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
+        let mut c = serde_json::json!({
+            "model_type": a.model_type,
             "hidden_size": hidden,
-            "intermediate_size": ffn,
             "num_hidden_layers": layers,
             "num_attention_heads": n_head,
             "num_key_value_heads": n_head_kv,
             "head_dim": head_dim,
-            "hidden_act": "silu",
-            "rms_norm_eps": eps,
             "rope_theta": rope_theta,
-            "rope_scaling": null,
-            "attention_bias": false,
-            "mlp_bias": false,
+            "rope_scaling": self.rope_scaling(g)?,
             "vocab_size": vocab,
             "max_position_embeddings": ctx,
             "tie_word_embeddings": tied,
@@ -665,27 +704,123 @@ impl GgufFile {
             "pad_token_id": pad,
             "torch_dtype": "float32",
             "_name_or_path": self.meta_str("general.name")?.unwrap_or(""),
-        }))
+        });
+        c[a.ffn_key] = ffn.into();
+        c[a.activation_key] = a.activation.hf_names()[0].into();
+        if let Some(e) = a.eps_key {
+            c[e] = eps.into();
+        }
+        let has_bias = |t: &str| self.tensor_info(&format!("blk.0.{t}.bias")).is_some();
+        let window = self.meta_u64(&k("attention.sliding_window"))?;
+        match family {
+            Family::Llama | Family::Mistral => {
+                c["architectures"] = serde_json::json!([if family == Family::Llama { "LlamaForCausalLM" } else { "MistralForCausalLM" }]);
+                if family == Family::Llama {
+                    c["attention_bias"] = has_bias("attn_q").into();
+                    c["mlp_bias"] = has_bias("ffn_up").into();
+                } else {
+                    c["sliding_window"] = window.into();
+                }
+            }
+            Family::Qwen2 | Family::Qwen3 => {
+                c["architectures"] = serde_json::json!([if family == Family::Qwen2 { "Qwen2ForCausalLM" } else { "Qwen3ForCausalLM" }]);
+                c["use_sliding_window"] = false.into();
+                if family == Family::Qwen3 {
+                    c["attention_bias"] = has_bias("attn_q").into();
+                }
+            }
+            Family::Gemma3 => self.gemma3_config(&mut c, head_dim, window)?,
+            Family::Opt => unreachable!("family() refuses OPT GGUF files"),
+        }
+        Ok(c)
+    }
+
+    /// Gemma-3's settings. llama.cpp's converter stores the sliding window but hard-codes the
+    /// rest in its loader (every 6th layer global, local rope base 10000, attention scale
+    /// `1/sqrt(head_dim)` but for 27B); keys a newer converter writes are read when present.
+    fn gemma3_config(&self, c: &mut serde_json::Value, head_dim: u64, window: Option<u64>) -> Result<(), GgufError> {
+        let mut defaults = Vec::new();
+        c["architectures"] = serde_json::json!(["Gemma3ForCausalLM"]);
+        let window = window.unwrap_or_else(|| {
+            defaults.push("sliding_window 4096");
+            4096
+        });
+        c["sliding_window"] = window.into();
+        let pattern = match self.metadata("gemma3.attention.sliding_window_pattern") {
+            Some(GgufValue::Array(v)) => {
+                // per layer: true = sliding
+                let types: Option<Vec<&str>> =
+                    v.iter().map(|x| x.as_bool().map(|s| if s { "sliding_attention" } else { "full_attention" })).collect();
+                let types = types.ok_or_else(|| self.meta_err("gemma3.attention.sliding_window_pattern", "expected booleans"))?;
+                c["layer_types"] = serde_json::json!(types);
+                None
+            }
+            Some(v) => Some(v.as_u64().ok_or_else(|| self.meta_err("gemma3.attention.sliding_window_pattern", "expected an integer"))?),
+            None => {
+                defaults.push("sliding_window_pattern 6 (every 6th layer global)");
+                Some(6)
+            }
+        };
+        if let Some(p) = pattern {
+            c["sliding_window_pattern"] = p.into();
+        }
+        let local = match self.meta_f64("gemma3.rope.freq_base_swa")? {
+            Some(b) => b,
+            None => {
+                defaults.push("rope_local_base_freq 10000");
+                10000.0
+            }
+        };
+        c["rope_local_base_freq"] = local.into();
+        let scalar = match self.meta_f64("gemma3.attention.scale")? {
+            Some(s) if s > 0.0 => 1.0 / (s * s),
+            Some(s) => return Err(self.meta_err("gemma3.attention.scale", format!("must be positive, got {s}"))),
+            None => {
+                defaults.push("query_pre_attn_scalar = head_dim");
+                head_dim as f64
+            }
+        };
+        c["query_pre_attn_scalar"] = scalar.into();
+        c["final_logit_softcapping"] = self.meta_f64("gemma3.final_logit_softcapping")?.into();
+        c["attn_logit_softcapping"] = serde_json::Value::Null;
+        if !defaults.is_empty() {
+            tracing::info!(
+                "{}: the GGUF does not store {}; using the Gemma-3 defaults (as llama.cpp does)",
+                self.path.display(),
+                defaults.join(", ")
+            );
+        }
+        Ok(())
     }
 
     /// HF tensor names and row-major shapes (`[out, in]` for matrices) for every tensor, in
-    /// file order. Names with no LLaMA mapping are passed through unchanged. A tied LM head
-    /// (no `output.weight`) is not listed.
+    /// file order, named by the file's family. Names with no mapping are passed through
+    /// unchanged. A tied LM head (no `output.weight`) is not listed.
     pub fn hf_tensor_names(&self) -> Vec<(String, Vec<usize>)> {
-        self.tensors.iter().map(|t| (gguf_to_hf_name(&t.name).unwrap_or_else(|| t.name.clone()), t.shape())).collect()
+        let a = self.arch_or_llama();
+        self.tensors.iter().map(|t| (a.gguf_to_hf(HF_PREFIX, &t.name).unwrap_or_else(|| t.name.clone()), t.shape())).collect()
     }
 
-    /// Dequantized f32 data of one tensor by HF name, with Q/K rows un-permuted.
+    /// Dequantized f32 data of one tensor by HF name, in HF's convention: Q/K rows un-permuted
+    /// where llama.cpp permutes them (llama), norm weights stored as `(1 + w)` shifted back to
+    /// `w` (Gemma-3).
     pub fn hf_tensor_f32(&self, hf_name: &str) -> Result<(Vec<usize>, Vec<f32>), GgufError> {
-        let gguf_name = hf_to_gguf_name(hf_name).unwrap_or_else(|| hf_name.to_string());
+        let a = self.arch_or_llama();
+        let gguf_name = a.hf_to_gguf(HF_PREFIX, hf_name).unwrap_or_else(|| hf_name.to_string());
         if self.tensor_info(&gguf_name).is_none() {
             return Err(GgufError::TensorNotFound { path: self.path.clone(), name: hf_name.to_string() });
         }
-        let (shape, data) = self.tensor_f32(&gguf_name)?;
+        let (shape, mut data) = self.tensor_f32(&gguf_name)?;
+        if a.gguf_norm_plus_one_stored && gguf_name.ends_with("norm.weight") {
+            data.iter_mut().for_each(|x| *x -= 1.0);
+        }
+        if !a.gguf_qk_permuted {
+            return Ok((shape, data));
+        }
         let n_heads = if gguf_name.ends_with(".attn_q.weight") {
-            Some(self.llama_heads()?.0)
+            Some(self.heads(a.gguf_arch)?.0)
         } else if gguf_name.ends_with(".attn_k.weight") {
-            Some(self.llama_heads()?.1)
+            Some(self.heads(a.gguf_arch)?.1)
         } else {
             None
         };
@@ -703,6 +838,122 @@ impl GgufFile {
                 Ok((shape, data))
             }
         }
+    }
+
+    /// The token types (`tokenizer.ggml.token_type`), one per token, if the file has them.
+    fn token_types(&self, n_tokens: usize) -> Result<Option<Vec<u64>>, GgufError> {
+        let key = "tokenizer.ggml.token_type";
+        let Some(v) = self.metadata(key) else { return Ok(None) };
+        let a = v.as_array().ok_or_else(|| self.meta_err(key, "expected an array"))?;
+        let t: Option<Vec<u64>> = a.iter().map(|x| x.as_u64()).collect();
+        let t = t.ok_or_else(|| self.meta_err(key, "expected integers"))?;
+        if t.len() != n_tokens {
+            return Err(self.meta_err(key, format!("{} entries for {n_tokens} tokens", t.len())));
+        }
+        Ok(Some(t))
+    }
+
+    /// A tokenizer.json for a SentencePiece BPE vocabulary (`tokenizer.ggml.model = llama`:
+    /// Gemma's), encoding as SentencePiece does: a BPE model whose merges are every split `l + r`
+    /// of a normal piece into two pieces, ranked by the merged piece's score (`−rank`: SentencePiece
+    /// merges the adjacent pair whose result scores highest); byte fallback to the `<0xNN>` pieces;
+    /// spaces become `▁` (after prepending one when `add_space_prefix` is true), with no
+    /// pre-tokenization. User-defined pieces (type 4: newline and whitespace runs, ...) are matched
+    /// whole first, as SentencePiece's prefix matcher does (llama.cpp stores their `▁` as spaces;
+    /// they are spelled with `▁` again); control pieces (type 3) are special added tokens. A BOS is
+    /// added by the post-processor when `add_bos_token` is true (the engine encodes without special
+    /// tokens). Checked against the `sentencepiece` library on the evaluation text
+    /// (scripts/reference_gemma3.py, tests/gguf_gemma.rs). transformers' GGUF loader instead builds
+    /// a Unigram model over the ranks for Gemma, which segments differently.
+    fn spm_tokenizer_json(&self) -> Result<String, GgufError> {
+        use tokenizers::decoders::byte_fallback::ByteFallback;
+        use tokenizers::decoders::fuse::Fuse;
+        use tokenizers::decoders::sequence::Sequence as DecSequence;
+        use tokenizers::decoders::DecoderWrapper;
+        use tokenizers::models::bpe::BPE;
+        use tokenizers::normalizers::{NormalizerWrapper, Prepend, Replace, Sequence as NormSequence};
+        use tokenizers::processors::template::TemplateProcessing;
+        use tokenizers::{AddedToken, Tokenizer};
+
+        let tok_err = |msg: String| GgufError::Tokenizer { path: self.path.clone(), msg };
+        let tokens = self.meta_str_array("tokenizer.ggml.tokens")?;
+        let key = "tokenizer.ggml.scores";
+        let scores = self.metadata(key).ok_or_else(|| self.meta_err(key, "missing (a SentencePiece vocabulary needs scores)"))?;
+        let scores = scores.as_array().ok_or_else(|| self.meta_err(key, "expected an array"))?;
+        let scores: Vec<f64> =
+            scores.iter().map(|x| x.as_f64()).collect::<Option<_>>().ok_or_else(|| self.meta_err(key, "expected numbers"))?;
+        if scores.len() != tokens.len() {
+            return Err(self.meta_err(key, format!("{} scores for {} tokens", scores.len(), tokens.len())));
+        }
+        let types = self.token_types(tokens.len())?.unwrap_or_else(|| vec![1; tokens.len()]);
+        let id_of = |k: &str| -> Result<Option<usize>, GgufError> {
+            let key = format!("tokenizer.ggml.{k}_token_id");
+            match self.meta_u64(&key)? {
+                Some(id) if id as usize >= tokens.len() => Err(self.meta_err(&key, format!("{id} is outside the {} tokens", tokens.len()))),
+                id => Ok(id.map(|i| i as usize)),
+            }
+        };
+        let unk = id_of("unknown")?;
+        let bos = id_of("bos")?;
+        // the pieces as SentencePiece spells them
+        let pieces: Vec<String> =
+            tokens.iter().zip(&types).map(|(t, &ty)| if ty == 4 { t.replace(' ', "\u{2581}") } else { (*t).to_string() }).collect();
+        let mut vocab = tokenizers::models::bpe::Vocab::default();
+        for (id, p) in pieces.iter().enumerate() {
+            vocab.entry(p.clone()).or_insert(id as u32);
+        }
+        // merges: every split of a normal piece into two pieces, by the merged piece's score
+        let mut ranked: Vec<(f64, usize, usize)> = Vec::new();
+        for (id, p) in pieces.iter().enumerate() {
+            if types[id] != 1 {
+                continue;
+            }
+            for (at, _) in p.char_indices().skip(1) {
+                if vocab.contains_key(&p[..at]) && vocab.contains_key(&p[at..]) {
+                    ranked.push((scores[id], id, at));
+                }
+            }
+        }
+        ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+        let merges: Vec<(String, String)> =
+            ranked.iter().map(|&(_, id, at)| (pieces[id][..at].to_string(), pieces[id][at..].to_string())).collect();
+        let mut builder = BPE::builder().vocab_and_merges(vocab, merges).byte_fallback(true).fuse_unk(true);
+        if let Some(u) = unk {
+            builder = builder.unk_token(pieces[u].clone());
+        }
+        let model = builder.build().map_err(|e| tok_err(format!("BPE: {e}")))?;
+        let mut tk = Tokenizer::new(model);
+        let replace = Replace::new(" ", "\u{2581}").map_err(|e| tok_err(format!("normalizer: {e}")))?;
+        let mut norms = Vec::new();
+        if self.metadata("tokenizer.ggml.add_space_prefix").and_then(|v| v.as_bool()).unwrap_or(false) {
+            norms.push(NormalizerWrapper::Prepend(Prepend::new("\u{2581}".into())));
+        }
+        norms.push(NormalizerWrapper::Replace(replace.clone()));
+        tk.with_normalizer(Some(NormalizerWrapper::Sequence(NormSequence::new(norms))));
+        tk.with_decoder(Some(DecoderWrapper::Sequence(DecSequence::new(vec![
+            DecoderWrapper::Replace(Replace::new("\u{2581}", " ").map_err(|e| tok_err(format!("decoder: {e}")))?),
+            DecoderWrapper::ByteFallback(ByteFallback::new()),
+            DecoderWrapper::Fuse(Fuse::new()),
+        ]))));
+        let special: Vec<AddedToken> =
+            types.iter().zip(&pieces).filter(|(&t, _)| t == 3).map(|(_, p)| AddedToken::from(p.as_str(), true)).collect();
+        let user: Vec<AddedToken> =
+            types.iter().zip(&pieces).filter(|(&t, _)| t == 4).map(|(_, p)| AddedToken::from(p.as_str(), false)).collect();
+        tk.add_special_tokens(&special);
+        tk.add_tokens(&user);
+        let add_bos = self.metadata("tokenizer.ggml.add_bos_token").and_then(|v| v.as_bool()).unwrap_or(false);
+        if let (true, Some(b)) = (add_bos, bos) {
+            let t = tokens[b];
+            let post = TemplateProcessing::builder()
+                .try_single(format!("{t} $A"))
+                .and_then(|p| p.try_pair(format!("{t} $A {t} $B")))
+                .map_err(|e| tok_err(format!("post-processor: {e}")))?
+                .special_tokens(vec![(t, b as u32)])
+                .build()
+                .map_err(|e| tok_err(format!("post-processor: {e}")))?;
+            tk.with_post_processor(Some(post));
+        }
+        tk.to_string(false).map_err(|e| tok_err(format!("serialize: {e}")))
     }
 
     /// A tokenizer.json (HF `tokenizers` format) built from the `tokenizer.ggml.*` metadata:
@@ -724,8 +975,14 @@ impl GgufFile {
 
         let tok_err = |msg: String| GgufError::Tokenizer { path: self.path.clone(), msg };
         let model = self.meta_str("tokenizer.ggml.model")?.ok_or_else(|| self.meta_err("tokenizer.ggml.model", "missing"))?;
-        if model != "gpt2" {
-            return Err(tok_err(format!("tokenizer.ggml.model is '{model}'; only 'gpt2' (byte-level BPE) is supported")));
+        match model {
+            "gpt2" => {}
+            "llama" => return self.spm_tokenizer_json(),
+            _ => {
+                return Err(tok_err(format!(
+                    "tokenizer.ggml.model is '{model}'; supported: 'gpt2' (byte-level BPE), 'llama' (SentencePiece)"
+                )))
+            }
         }
         let pre = self.meta_str("tokenizer.ggml.pre")?.unwrap_or("gpt2");
         let split_digits = match pre {
@@ -812,56 +1069,12 @@ impl GgufFile {
 
 /// GGUF LLaMA tensor name to HF name, or None if it has no mapping.
 pub fn gguf_to_hf_name(name: &str) -> Option<String> {
-    match name {
-        "token_embd.weight" => return Some("model.embed_tokens.weight".into()),
-        "output_norm.weight" => return Some("model.norm.weight".into()),
-        "output.weight" => return Some("lm_head.weight".into()),
-        _ => {}
-    }
-    let rest = name.strip_prefix("blk.")?;
-    let (idx, rest) = rest.split_once('.')?;
-    let i: usize = idx.parse().ok()?;
-    let (part, suffix) = rest.split_once('.')?;
-    let hf = match part {
-        "attn_norm" => "input_layernorm",
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "ffn_norm" => "post_attention_layernorm",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
-        _ => return None,
-    };
-    Some(format!("model.layers.{i}.{hf}.{suffix}"))
+    Family::Llama.arch().gguf_to_hf(HF_PREFIX, name)
 }
 
 /// HF LLaMA tensor name to GGUF name, or None if it has no mapping.
 pub fn hf_to_gguf_name(name: &str) -> Option<String> {
-    match name {
-        "model.embed_tokens.weight" => return Some("token_embd.weight".into()),
-        "model.norm.weight" => return Some("output_norm.weight".into()),
-        "lm_head.weight" => return Some("output.weight".into()),
-        _ => {}
-    }
-    let rest = name.strip_prefix("model.layers.")?;
-    let (idx, rest) = rest.split_once('.')?;
-    let i: usize = idx.parse().ok()?;
-    let (part, suffix) = rest.rsplit_once('.')?;
-    let g = match part {
-        "input_layernorm" => "attn_norm",
-        "self_attn.q_proj" => "attn_q",
-        "self_attn.k_proj" => "attn_k",
-        "self_attn.v_proj" => "attn_v",
-        "self_attn.o_proj" => "attn_output",
-        "post_attention_layernorm" => "ffn_norm",
-        "mlp.gate_proj" => "ffn_gate",
-        "mlp.up_proj" => "ffn_up",
-        "mlp.down_proj" => "ffn_down",
-        _ => return None,
-    };
-    Some(format!("blk.{i}.{g}.{suffix}"))
+    Family::Llama.arch().hf_to_gguf(HF_PREFIX, name)
 }
 
 /// Undoes llama.cpp's Q/K row permutation of a `[rows, cols]` matrix with `n_h` heads:
@@ -1524,5 +1737,138 @@ mod tests {
         let (_, raw) = g.tensor_f32("blk.0.attn_q.weight").unwrap();
         assert_eq!(rows(&raw), (0..8).map(|r| r as f32).collect::<Vec<_>>());
         assert!(g.hf_tensor_f32("lm_head.weight").is_err());
+    }
+
+    /// A one-layer file of architecture `arch` (hidden 8, 2 heads over 1 KV head of 4) with F32
+    /// tensors, each filled by `fill(row)`; `extra` metadata appended.
+    fn family_file(arch: &str, tensors: &[(&str, &[u64])], extra: &[(&str, u32, Vec<u8>)]) -> Vec<u8> {
+        let s = |v: &str| [&(v.len() as u64).to_le_bytes()[..], v.as_bytes()].concat();
+        let key = |k: &str| format!("{arch}.{k}");
+        let mut kv: Vec<(String, u32, Vec<u8>)> = vec![
+            ("general.architecture".into(), 8, s(arch)),
+            (key("block_count"), 4, 1u32.to_le_bytes().to_vec()),
+            (key("embedding_length"), 4, 8u32.to_le_bytes().to_vec()),
+            (key("feed_forward_length"), 4, 16u32.to_le_bytes().to_vec()),
+            (key("attention.head_count"), 4, 2u32.to_le_bytes().to_vec()),
+            (key("attention.head_count_kv"), 4, 1u32.to_le_bytes().to_vec()),
+            (key("attention.key_length"), 4, 4u32.to_le_bytes().to_vec()),
+            (key("rope.freq_base"), 6, 1e6f32.to_le_bytes().to_vec()),
+            (key("vocab_size"), 4, 10u32.to_le_bytes().to_vec()),
+        ];
+        kv.extend(extra.iter().map(|(k, t, v)| (k.to_string(), *t, v.clone())));
+        let mut b = Builder::header(kv.len() as u64, tensors.len() as u64);
+        for (k, t, v) in &kv {
+            b = b.str(k).u32(*t).bytes(v);
+        }
+        let mut offset = 0;
+        for (name, dims) in tensors {
+            b = b.tensor(name, dims, 0, offset);
+            offset += dims.iter().product::<u64>() * 4;
+            offset = offset.div_ceil(32) * 32;
+        }
+        b = b.pad(32);
+        for (_, dims) in tensors {
+            let (cols, rows) = (dims[0], dims.get(1).copied().unwrap_or(1));
+            for r in 0..rows {
+                for _ in 0..cols {
+                    b = b.bytes(&(1.5 + r as f32).to_le_bytes());
+                }
+            }
+            b = b.pad(32);
+        }
+        b.buf
+    }
+
+    #[test]
+    fn gemma3_maps_names_norms_and_defaults() {
+        let tensors: &[(&str, &[u64])] = &[
+            ("blk.0.attn_q.weight", &[8, 8]),
+            ("blk.0.attn_q_norm.weight", &[4]),
+            ("blk.0.ffn_norm.weight", &[8]),
+            ("blk.0.post_attention_norm.weight", &[8]),
+            ("blk.0.post_ffw_norm.weight", &[8]),
+            ("output_norm.weight", &[8]),
+        ];
+        let extra = [("gemma3.attention.sliding_window", 4, 3u32.to_le_bytes().to_vec())];
+        let g = open_bytes(&family_file("gemma3", tensors, &extra)).unwrap();
+        assert_eq!(g.family().unwrap(), Family::Gemma3);
+        let cfg = g.hf_config().unwrap();
+        assert_eq!(cfg["model_type"], "gemma3_text");
+        assert_eq!(cfg["hidden_activation"], "gelu_pytorch_tanh");
+        assert_eq!(cfg["sliding_window"], 3);
+        assert_eq!(cfg["sliding_window_pattern"], 6);
+        assert_eq!(cfg["rope_local_base_freq"], 10000.0);
+        assert_eq!(cfg["query_pre_attn_scalar"], 4.0);
+        assert_eq!(cfg["rope_theta"], 1e6);
+        assert!(cfg["final_logit_softcapping"].is_null());
+        let mc = crate::model::ModelConfig::from_json(cfg).unwrap();
+        assert_eq!(mc.family, Family::Gemma3);
+        assert_eq!(mc.windows, vec![Some(3)]);
+        assert_eq!(mc.layer_rope(0).unwrap().theta, 10000.0);
+        assert_eq!(mc.rope.unwrap().theta, 1e6);
+        assert_eq!(mc.attn_scale, 0.5);
+        let names: Vec<String> = g.hf_tensor_names().into_iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            names,
+            [
+                "model.layers.0.self_attn.q_proj.weight",
+                "model.layers.0.self_attn.q_norm.weight",
+                "model.layers.0.pre_feedforward_layernorm.weight",
+                "model.layers.0.post_attention_layernorm.weight",
+                "model.layers.0.post_feedforward_layernorm.weight",
+                "model.norm.weight"
+            ]
+        );
+        // every norm is stored as 1 + w (1.5 in the file): the HF view is w
+        for n in &names[1..] {
+            let (_, w) = g.hf_tensor_f32(n).unwrap();
+            assert!(w.iter().all(|&x| x == 0.5), "{n}: {w:?}");
+        }
+        // Q keeps its row order (no llama permutation): row r holds 1.5 + r
+        let (_, q) = g.hf_tensor_f32("model.layers.0.self_attn.q_proj.weight").unwrap();
+        assert_eq!(q.chunks(8).map(|r| r[0]).collect::<Vec<_>>(), (0..8).map(|r| 1.5 + r as f32).collect::<Vec<_>>());
+        // keys a newer converter writes are read instead of the defaults
+        let extra = [
+            ("gemma3.attention.sliding_window", 4, 3u32.to_le_bytes().to_vec()),
+            ("gemma3.attention.sliding_window_pattern", 4, 2u32.to_le_bytes().to_vec()),
+            ("gemma3.rope.freq_base_swa", 6, 500f32.to_le_bytes().to_vec()),
+            ("gemma3.final_logit_softcapping", 6, 30f32.to_le_bytes().to_vec()),
+        ];
+        let cfg = open_bytes(&family_file("gemma3", tensors, &extra)).unwrap().hf_config().unwrap();
+        assert_eq!((cfg["sliding_window_pattern"].as_u64(), cfg["rope_local_base_freq"].as_f64()), (Some(2), Some(500.0)));
+        assert_eq!(cfg["final_logit_softcapping"], 30.0);
+    }
+
+    #[test]
+    fn qwen_families_keep_row_order_and_biases() {
+        let tensors: &[(&str, &[u64])] =
+            &[("blk.0.attn_q.weight", &[8, 8]), ("blk.0.attn_q.bias", &[8]), ("blk.0.attn_k_norm.weight", &[4])];
+        for (arch, model_type) in [("qwen2", "qwen2"), ("qwen3", "qwen3")] {
+            let g = open_bytes(&family_file(arch, tensors, &[])).unwrap();
+            let cfg = g.hf_config().unwrap();
+            assert_eq!(cfg["model_type"], model_type);
+            let names: Vec<String> = g.hf_tensor_names().into_iter().map(|(n, _)| n).collect();
+            assert_eq!(names[1], "model.layers.0.self_attn.q_proj.bias");
+            assert_eq!(names[2], "model.layers.0.self_attn.k_norm.weight");
+            let (_, q) = g.hf_tensor_f32(&names[0]).unwrap();
+            assert_eq!(q.chunks(8).map(|r| r[0]).collect::<Vec<_>>(), (0..8).map(|r| 1.5 + r as f32).collect::<Vec<_>>());
+            // norms are stored as they are outside Gemma
+            assert!(g.hf_tensor_f32(&names[2]).unwrap().1.iter().all(|&x| x == 1.5));
+            crate::model::ModelConfig::from_json(cfg).unwrap();
+        }
+    }
+
+    #[test]
+    fn an_unsupported_architecture_is_one_error_naming_it() {
+        for arch in ["gpt2", "opt", "phi3"] {
+            let g = open_bytes(&family_file(arch, &[("blk.0.attn_q.weight", &[8, 8])], &[])).unwrap();
+            let e = g.hf_config().unwrap_err().to_string();
+            assert!(e.contains(&format!("architecture '{arch}' is not supported")) && e.contains("gemma3"), "{e}");
+            assert_eq!(e.lines().count(), 1);
+        }
+        // Llama-3 rope factors stored as a tensor are refused, not silently ignored
+        let g = open_bytes(&family_file("llama", &[("rope_freqs.weight", &[2])], &[])).unwrap();
+        let e = g.hf_config().unwrap_err().to_string();
+        assert!(e.contains("rope_freqs.weight"), "{e}");
     }
 }
