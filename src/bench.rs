@@ -39,6 +39,7 @@ use crate::model::arch::layer_layout;
 use crate::model::synthetic::{tensor_shapes, SyntheticSource};
 use crate::model::{Family, LayerWeights, Model, ModelConfig};
 use crate::output::ModelWriter;
+use crate::plan::Plan;
 use crate::prune::plan::{check_sparsity, kept_count};
 use crate::prune::{self, LayerReport, PruneConfig, PruneReport};
 use crate::tensor::Mat;
@@ -220,6 +221,8 @@ pub struct BenchOptions {
     pub write: Option<PathBuf>,
     pub force: bool,
     pub progress: bool,
+    /// Device memory the run may use (`--max-gpu-mem`); what the device has free when `None`.
+    pub max_gpu_mem: Option<u64>,
 }
 
 impl Default for BenchOptions {
@@ -235,6 +238,7 @@ impl Default for BenchOptions {
             write: None,
             force: false,
             progress: false,
+            max_gpu_mem: None,
         }
     }
 }
@@ -468,6 +472,10 @@ pub struct BenchResult {
     pub machine: Machine,
     pub written: Option<String>,
     pub kept: Vec<LayerKept>,
+    /// The memory plan's peaks, to hold against `peak_host_bytes` / `peak_device_bytes`.
+    pub planned_peak_host_bytes: u64,
+    pub planned_peak_device_bytes: Option<u64>,
+    pub plan: Plan,
 }
 
 /// The number of layers to run: all, or the first `n` (1 ≤ n ≤ all).
@@ -534,7 +542,7 @@ fn run_pipeline(
 }
 
 /// The run record written as `fasp.json` with `--write`.
-fn fasp_json(opts: &BenchOptions, report: &PruneReport) -> Value {
+fn fasp_json(opts: &BenchOptions, report: &PruneReport, plan: &Plan, peak_device_bytes: Option<u64>) -> Value {
     json!({
         "engine": "fasp-engine",
         "version": crate::VERSION,
@@ -544,18 +552,60 @@ fn fasp_json(opts: &BenchOptions, report: &PruneReport) -> Value {
         "settings": {"sparsity": opts.sparsity, "nsamples": opts.nsamples, "seqlen": opts.seqlen, "device": opts.device},
         "backend": report.backend,
         "phases_seconds": report.phases,
+        "memory": job::memory_json(plan, peak_device_bytes),
+        "plan": plan,
         "layers": report.layers.iter().map(LayerKept::of).collect::<Vec<_>>(),
     })
 }
 
-/// Runs one benchmark: generate (untimed), prune (timed), write (optional), then measure the
-/// machine's rates for the floor.
+/// The memory plan of a bench run (`bench --plan`), for the opened backend `be`, or, without
+/// one, for the device `--device` names (`--device cuda` plans without a GPU).
+pub fn plan_bench(opts: &BenchOptions, be: Option<&dyn Backend>) -> Result<Plan> {
+    let shape = shape(&opts.shape)?;
+    let layers = layers_to_run(shape, opts.layers)?;
+    check_settings(shape, opts)?;
+    // from the config alone: the synthetic weights are not generated for a plan
+    let cfg = shape.config(layers)?;
+    let target = be.map_or_else(|| job::target_of(opts.device), |b| job::backend_target(opts.device, b));
+    let limit = job::device_limit(opts.max_gpu_mem, be);
+    let req = job::plan_request_for_config(&cfg, target, opts.nsamples, opts.seqlen, opts.sparsity, limit);
+    crate::plan::plan(&cfg, &req)
+}
+
+/// `bench --plan`: the plan, opening the device only to ask its free memory (when
+/// `--max-gpu-mem` is not given and the device opens).
+pub fn plan_only(opts: &BenchOptions) -> Result<Value> {
+    let be = match (job::target_of(opts.device).on_device(), opts.max_gpu_mem) {
+        (true, None) => job::backend(opts.device).ok(),
+        _ => None,
+    };
+    let mut plan = plan_bench(opts, be.as_deref())?;
+    let shape = shape(&opts.shape)?;
+    if plan.target == crate::plan::Target::Cpu {
+        plan.estimate = Some(crate::plan::estimate_cpu(&shape.config(plan.layers)?, opts.nsamples, opts.seqlen, opts.sparsity)?);
+    }
+    let mut v = serde_json::to_value(&plan).map_err(|e| FaspError::Arg(format!("plan as JSON: {e}")))?;
+    v["shape"] = json!(shape.name);
+    v["text"] = json!(plan.text());
+    Ok(v)
+}
+
+/// Runs one benchmark: plan (refusing what does not fit), generate (untimed), prune (timed),
+/// write (optional), then measure the machine's rates for the floor.
 pub fn run_bench(opts: &BenchOptions) -> Result<BenchResult> {
     let t_process = Instant::now();
     let shape = shape(&opts.shape)?;
     let layers = layers_to_run(shape, opts.layers)?;
     check_settings(shape, opts)?;
+    // sizes are checked before anything is allocated; the device's limit once it is open
+    plan_bench(opts, None)?.check()?;
     let mut backend = job::backend_announced(opts.device, opts.progress)?;
+    let plan = plan_bench(opts, Some(backend.as_ref()))?;
+    plan.check()?;
+    job::apply_plan(&plan, backend.as_mut());
+    if opts.progress {
+        eprint!("{}", plan.text());
+    }
 
     let model = synthetic_model(shape, layers, opts.seed)?;
     let ids = calibration_ids(shape.vocab, opts.nsamples, opts.seqlen, opts.seed);
@@ -569,7 +619,8 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchResult> {
     let report = run_pipeline(&model, &ids, opts, backend.as_mut(), writer.as_mut())?;
     let phases = Phases::of(&report.phases, t_pipeline.elapsed().as_secs_f64());
     if let (Some(w), Some(dir)) = (writer, &opts.write) {
-        w.finish(&model, dir, Some(&fasp_json(opts, &report)))?;
+        let peak = backend.device_counters().map(|c| c.peak_bytes);
+        w.finish(&model, dir, Some(&fasp_json(opts, &report, &plan, peak)))?;
     }
     let process_seconds = t_process.elapsed().as_secs_f64();
     let peak_host_bytes = peak_host_bytes();
@@ -607,6 +658,9 @@ pub fn run_bench(opts: &BenchOptions) -> Result<BenchResult> {
         machine: machine(),
         written: opts.write.as_ref().map(|d| d.display().to_string()),
         kept: report.layers.iter().map(LayerKept::of).collect(),
+        planned_peak_host_bytes: plan.host.peak_bytes,
+        planned_peak_device_bytes: plan.device.as_ref().map(|d| d.peak_bytes),
+        plan,
     })
 }
 
@@ -632,6 +686,15 @@ pub fn summary(r: &BenchResult) -> String {
         r.process_seconds,
         r.setup_seconds,
         r.peak_host_bytes.map_or("unknown".into(), |b| format!("{:.2} GiB", gib(b)))
+    );
+    s += &format!(
+        "memory: planned peak host {:.2} GiB{}\n",
+        gib(r.planned_peak_host_bytes),
+        match (r.planned_peak_device_bytes, r.peak_device_bytes) {
+            (Some(p), Some(m)) => format!(", device planned {:.2} GiB, measured {:.2} GiB", gib(p), gib(m)),
+            (Some(p), None) => format!(", device planned {:.2} GiB", gib(p)),
+            _ => String::new(),
+        }
     );
     s += &format!(
         "floor {:.3} s = max({:.3e} FLOP / {:.1} GFLOP/s = {:.3} s, {:.3e} B / {:.2} GB/s = {:.3} s); prune / floor = {:.1}\n",

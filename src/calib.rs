@@ -206,12 +206,26 @@ pub fn sample_windows(stream: &[u32], n: usize, seqlen: usize, seed: u64) -> Res
 }
 
 /// Calibration windows from `--calib` with `--nsamples`, `--seqlen`, `--seed`. A 2-D `.npy` is
-/// used as it is; `nsamples`/`seqlen`, when given, must then agree with its shape.
+/// used as it is; `nsamples`/`seqlen`, when given, must then agree with its shape. A text or 1-D
+/// stream gives the paper's 128 windows of 2048 tokens by default.
 pub fn calibration(
     path: &Path,
     tok: Option<&tokenizers::Tokenizer>,
     nsamples: Option<usize>,
     seqlen: Option<usize>,
+    seed: u64,
+    vocab: usize,
+) -> Result<Windows> {
+    calibration_with_defaults(path, tok, nsamples, seqlen, crate::plan::PAPER_DEFAULT, seed, vocab)
+}
+
+/// [`calibration`] with `defaults` (windows, tokens per window) for a text or 1-D stream.
+pub fn calibration_with_defaults(
+    path: &Path,
+    tok: Option<&tokenizers::Tokenizer>,
+    nsamples: Option<usize>,
+    seqlen: Option<usize>,
+    defaults: (usize, usize),
     seed: u64,
     vocab: usize,
 ) -> Result<Windows> {
@@ -229,7 +243,7 @@ pub fn calibration(
             (ids, n, l, "npy-windows", None)
         }
         Tokens::Stream(stream) => {
-            let (n, l) = (nsamples.unwrap_or(128), seqlen.unwrap_or(2048));
+            let (n, l) = (nsamples.unwrap_or(defaults.0), seqlen.unwrap_or(defaults.1));
             let kind = if is_npy(path) { "npy-stream" } else { "text" };
             (sample_windows(&stream, n, l, seed)?, n, l, kind, Some(stream.len()))
         }

@@ -6,6 +6,7 @@ use crate::calib;
 use crate::error::Result;
 use crate::model::{DType, Model};
 use crate::output::{self, ModelWriter};
+use crate::plan::{self, Plan, PlanRequest, Target};
 use crate::prune::{self, PruneConfig, PruneReport};
 use serde_json::json;
 use std::path::{Path, PathBuf};
@@ -102,11 +103,24 @@ pub fn progress_bar(len: usize, msg: &str) -> indicatif::ProgressBar {
 }
 
 pub fn progress_bar_of(len: usize, msg: &str, unit: &str) -> indicatif::ProgressBar {
+    progress_bar_eta(len, msg, unit, None)
+}
+
+/// A progress bar whose ETA comes from the work done ([`plan::Eta`]): each step is the same work
+/// (a layer over every calibration token), and before the first step ends the ETA is the plan's
+/// `estimate` of the whole run (seconds) less the time elapsed, or "estimating…", never "0s".
+pub fn progress_bar_eta(len: usize, msg: &str, unit: &str, estimate: Option<f64>) -> indicatif::ProgressBar {
     let pb = indicatif::ProgressBar::new(len as u64);
     pb.set_style(
-        indicatif::ProgressStyle::with_template(&format!("{{msg}} [{{bar:30}}] {unit} {{pos}}/{{len}} {{elapsed_precise}} ETA {{eta}}"))
-            .expect("valid template")
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(&format!(
+            "{{msg}} [{{bar:30}}] {unit} {{pos}}/{{len}} {{elapsed_precise}} ETA {{work_eta}}"
+        ))
+        .expect("valid template")
+        .with_key("work_eta", move |st: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+            let eta = plan::Eta::of(st.pos(), st.len().unwrap_or(0), st.elapsed().as_secs_f64(), estimate);
+            let _ = w.write_str(&eta.text());
+        })
+        .progress_chars("=> "),
     );
     pb.set_message(msg.to_string());
     pb
@@ -210,7 +224,169 @@ pub fn backend_announced(device: Device, announce: bool) -> Result<Box<dyn Backe
     }
 }
 
+/// Settings of the memory plan of a prune (`--max-gpu-mem`, `--paper`).
+#[derive(Clone, Debug, Default)]
+pub struct PlanSettings {
+    /// Device memory the run may use; what the device has free when `None`.
+    pub max_gpu_mem: Option<u64>,
+    /// The paper's calibration defaults (128 × 2048) on the CPU too.
+    pub paper: bool,
+}
+
+/// Where `device` runs before a backend is opened: `auto` is CUDA when a device is usable.
+pub fn target_of(device: Device) -> Target {
+    match device {
+        Device::Cpu => Target::Cpu,
+        Device::Cuda => Target::Cuda,
+        Device::Emu => Target::Emu,
+        Device::Auto if crate::backend::cuda::cuda_usable().is_ok() => Target::Cuda,
+        Device::Auto => Target::Cpu,
+    }
+}
+
+/// Where an opened backend runs.
+pub fn backend_target(device: Device, be: &dyn Backend) -> Target {
+    match (device, be.device_memory()) {
+        (_, None) => Target::Cpu,
+        (Device::Emu, Some(_)) => Target::Emu,
+        _ => Target::Cuda,
+    }
+}
+
+/// Calibration windows and tokens per window of a text or stream when not given: the paper's
+/// 128 × 2048 on a device or with `--paper`, a CPU-sized 128 × 256 on the CPU.
+pub fn default_calibration(target: Target, paper: bool) -> (usize, usize) {
+    if paper || target.on_device() {
+        plan::PAPER_DEFAULT
+    } else {
+        plan::CPU_DEFAULT
+    }
+}
+
+/// The device memory limit: `--max-gpu-mem`, else what the opened device has free.
+pub fn device_limit(max_gpu_mem: Option<u64>, be: Option<&dyn Backend>) -> Option<plan::Limit> {
+    match (max_gpu_mem, be.and_then(|b| b.device_memory())) {
+        (Some(bytes), _) => Some(plan::Limit { bytes, source: "--max-gpu-mem".into() }),
+        (None, Some((free, total))) => Some(plan::Limit { bytes: free, source: format!("free on the device, of {}", plan::gib(total)) }),
+        (None, None) => None,
+    }
+}
+
+/// `FASP_CUDA_CHUNK_TOKENS` when set to a positive number (the plan then keeps it).
+pub fn env_chunk_tokens() -> Option<usize> {
+    std::env::var("FASP_CUDA_CHUNK_TOKENS").ok().and_then(|v| v.trim().parse().ok()).filter(|&n: &usize| n > 0)
+}
+
+/// A plan request for `model` with `nsamples × seqlen` calibration tokens.
+#[allow(clippy::too_many_arguments)]
+pub fn plan_request(
+    model: &Model,
+    target: Target,
+    nsamples: usize,
+    seqlen: usize,
+    sparsity: f64,
+    eval_tokens: usize,
+    device_limit: Option<plan::Limit>,
+) -> PlanRequest {
+    PlanRequest {
+        target,
+        nsamples,
+        seqlen,
+        sparsity,
+        eval_tokens,
+        device_limit,
+        host_limit: plan::host_limit(),
+        chunk_tokens: env_chunk_tokens(),
+        vocab: model.cfg.vocab,
+        source_dtype_bytes: model.dtype().size(),
+    }
+}
+
+/// [`plan_request`] for a model known by its config only (`bench`: f16 checkpoint).
+pub fn plan_request_for_config(
+    cfg: &crate::model::ModelConfig,
+    target: Target,
+    nsamples: usize,
+    seqlen: usize,
+    sparsity: f64,
+    device_limit: Option<plan::Limit>,
+) -> PlanRequest {
+    PlanRequest {
+        target,
+        nsamples,
+        seqlen,
+        sparsity,
+        eval_tokens: 0,
+        device_limit,
+        host_limit: plan::host_limit(),
+        chunk_tokens: env_chunk_tokens(),
+        vocab: cfg.vocab,
+        source_dtype_bytes: 2,
+    }
+}
+
+/// Hands the plan's chunking to the backend (unless `FASP_CUDA_CHUNK_TOKENS` fixes it).
+pub fn apply_plan(plan: &Plan, be: &mut dyn Backend) {
+    if let (Some(c), None) = (plan.chunking, env_chunk_tokens()) {
+        be.set_chunking(c.chunk_tokens, c.attn_windows);
+    }
+}
+
+/// The plan from `--nsamples`/`--seqlen` alone (defaults for the one not given), before the
+/// calibration file is read: `None` when neither is given (the file then decides).
+fn early_plan(model: &Model, job: &PruneJob, target: Target, settings: &PlanSettings) -> Result<Option<Plan>> {
+    if job.nsamples.is_none() && job.seqlen.is_none() {
+        return Ok(None);
+    }
+    let (dn, dl) = default_calibration(target, settings.paper);
+    let req = plan_request(
+        model,
+        target,
+        job.nsamples.unwrap_or(dn),
+        job.seqlen.unwrap_or(dl),
+        job.prune.sparsity,
+        0,
+        settings.max_gpu_mem.map(|bytes| plan::Limit { bytes, source: "--max-gpu-mem".into() }),
+    );
+    plan::plan(&model.cfg, &req).map(Some)
+}
+
+/// `prune --plan`: the plan of `job` without computing anything. Reads the calibration (and eval)
+/// files only when the flags fit in memory; opens the device only to ask its free memory.
+pub fn plan_prune(job: &PruneJob, settings: &PlanSettings) -> Result<Plan> {
+    let model = Model::open(&job.model)?;
+    let target0 = target_of(job.device);
+    if let Some(p) = early_plan(&model, job, target0, settings)? {
+        if p.host.fits == Some(false) {
+            return Ok(p);
+        }
+    }
+    let tok = if calib::is_npy(&job.calib) { None } else { model.tokenizer()? };
+    let defaults = default_calibration(target0, settings.paper);
+    let windows =
+        calib::calibration_with_defaults(&job.calib, tok.as_ref(), job.nsamples, job.seqlen, defaults, job.calib_seed, model.cfg.vocab)?;
+    let eval_tokens = match &job.eval {
+        Some(e) => EvalSet::load(&model, "eval", &e.path, e.seqlen, e.max_windows)?.ids.len(),
+        None => 0,
+    };
+    let be = if target0.on_device() && settings.max_gpu_mem.is_none() { backend(job.device).ok() } else { None };
+    let target = be.as_deref().map_or(target0, |b| backend_target(job.device, b));
+    let limit = device_limit(settings.max_gpu_mem, be.as_deref());
+    let req = plan_request(&model, target, windows.n, windows.seqlen, job.prune.sparsity, eval_tokens, limit);
+    let mut p = plan::plan(&model.cfg, &req)?;
+    if target == Target::Cpu {
+        p.estimate = Some(plan::estimate_cpu(&model.cfg, p.nsamples, p.seqlen, job.prune.sparsity)?);
+    }
+    Ok(p)
+}
+
 pub fn run_prune(job: &PruneJob) -> Result<PruneSummary> {
+    run_prune_with(job, &PlanSettings::default())
+}
+
+/// [`run_prune`] with the plan's settings: the plan is checked before any work, its chunking is
+/// handed to the backend, and it is printed (with a time estimate on the CPU) when `job.progress`.
+pub fn run_prune_with(job: &PruneJob, settings: &PlanSettings) -> Result<PruneSummary> {
     let t_start = Instant::now();
     let mut inputs: Vec<(&str, &Path)> = vec![("input model", job.model.as_path()), ("calibration file", job.calib.as_path())];
     if let Some(e) = &job.eval {
@@ -219,8 +395,15 @@ pub fn run_prune(job: &PruneJob) -> Result<PruneSummary> {
     output::check_out_vs_inputs(&job.out, &inputs)?;
     let model = Model::open(&job.model)?;
     output::check_out(&job.out, &job.model, job.force)?;
+    let target0 = target_of(job.device);
+    // sizes from the flags are checked before the calibration is sampled
+    if let Some(p) = early_plan(&model, job, target0, settings)? {
+        p.check()?;
+    }
     let tok = if calib::is_npy(&job.calib) { None } else { model.tokenizer()? };
-    let windows = calib::calibration(&job.calib, tok.as_ref(), job.nsamples, job.seqlen, job.calib_seed, model.cfg.vocab)?;
+    let defaults = default_calibration(target0, settings.paper);
+    let windows =
+        calib::calibration_with_defaults(&job.calib, tok.as_ref(), job.nsamples, job.seqlen, defaults, job.calib_seed, model.cfg.vocab)?;
     tracing::info!(windows = windows.n, seqlen = windows.seqlen, "calibration ready");
 
     let evals: Vec<EvalSet> = match &job.eval {
@@ -229,6 +412,35 @@ pub fn run_prune(job: &PruneJob) -> Result<PruneSummary> {
     };
     // chosen once the inputs are known to be good, so a bad input still gets one error line
     let mut be = backend_announced(job.device, job.progress)?;
+    let target = backend_target(job.device, be.as_ref());
+    let eval_tokens = evals.iter().map(|e| e.ids.len()).sum();
+    let limit = device_limit(settings.max_gpu_mem, Some(be.as_ref()));
+    let mut run_plan =
+        plan::plan(&model.cfg, &plan_request(&model, target, windows.n, windows.seqlen, job.prune.sparsity, eval_tokens, limit))?;
+    run_plan.check()?;
+    apply_plan(&run_plan, be.as_mut());
+    if job.progress {
+        // the commonest bad setting is refused before the plan is printed
+        model.check_seqlen(windows.seqlen)?;
+        if target == Target::Cpu {
+            run_plan.estimate = plan::estimate_cpu(&model.cfg, windows.n, windows.seqlen, job.prune.sparsity).ok();
+        }
+        eprint!("{}", run_plan.text());
+        if target == Target::Cpu
+            && !settings.paper
+            && job.nsamples.is_none()
+            && job.seqlen.is_none()
+            && windows.source["kind"] != "npy-windows"
+        {
+            eprintln!(
+                "  (CPU default calibration {} x {}; the paper uses {} x {}: add --paper, or set --nsamples/--seqlen)",
+                windows.n,
+                windows.seqlen,
+                plan::PAPER_DEFAULT.0,
+                plan::PAPER_DEFAULT.1
+            );
+        }
+    }
     let setup_seconds = t_start.elapsed().as_secs_f64();
     let t_dense = Instant::now();
     let ppl_dense = match (&job.eval, evals.first()) {
@@ -239,7 +451,8 @@ pub fn run_prune(job: &PruneJob) -> Result<PruneSummary> {
     let dense_eval_seconds = t_dense.elapsed().as_secs_f64();
     let dtype = job.dtype.unwrap_or_else(|| model.dtype());
     let mut writer = ModelWriter::create(&job.out, &model, job.force, dtype, job.compact)?;
-    let pb = job.progress.then(|| progress_bar(model.cfg.layers, &format!("pruning ({})", job.prune.method.name())));
+    let estimate = run_plan.estimate.as_ref().map(|e| e.seconds_total);
+    let pb = job.progress.then(|| progress_bar_eta(model.cfg.layers, &format!("pruning ({})", job.prune.method.name()), "layer", estimate));
     let run =
         prune_and_eval(&model, &windows, &job.prune, be.as_mut(), &evals, pb.as_ref(), &mut |l, lw| writer.write_layer(&model, l, lw))?;
     if let Some(pb) = &pb {
@@ -291,6 +504,8 @@ pub fn run_prune(job: &PruneJob) -> Result<PruneSummary> {
             "dense": ppl_dense,
             "pruned": ppl_pruned,
         })),
+        "memory": memory_json(&run_plan, be.device_counters().map(|c| c.peak_bytes)),
+        "plan": run_plan,
         "layers": layers,
     });
     writer.finish(&model, &job.out, Some(&fasp_json))?;
@@ -306,6 +521,16 @@ pub fn run_prune(job: &PruneJob) -> Result<PruneSummary> {
         fasp_json,
         ppl_dense,
         ppl_pruned,
+    })
+}
+
+/// Planned and measured peaks for the run record: host (VmHWM) and device (the device counters).
+pub fn memory_json(plan: &Plan, peak_device_bytes: Option<u64>) -> serde_json::Value {
+    json!({
+        "planned_peak_host_bytes": plan.host.peak_bytes,
+        "planned_peak_device_bytes": plan.device.as_ref().map(|d| d.peak_bytes),
+        "peak_host_bytes": crate::bench::peak_host_bytes(),
+        "peak_device_bytes": peak_device_bytes,
     })
 }
 

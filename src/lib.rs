@@ -7,6 +7,7 @@
 //! * `prune`: the pinned FASP math and the sequential pipeline.
 //! * `output`: the dense-equivalent and compact writers.
 //! * `job`: the prune job as the CLI runs it (reachable from tests).
+//! * `plan`: peak host/device memory, chunk sizes, bytes and time per layer, before any work.
 //! * `bench`: the pipeline timed on synthetic weights of the published shapes, with its floor.
 
 pub mod backend;
@@ -23,6 +24,7 @@ pub mod kernels;
 pub mod math;
 pub mod model;
 pub mod output;
+pub mod plan;
 pub mod prune;
 pub mod record;
 pub mod sweep;

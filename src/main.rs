@@ -287,6 +287,25 @@ struct PruneArgs {
     /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
+    #[command(flatten)]
+    plan: PlanArgs,
+    /// The paper's calibration (128 x 2048) when --nsamples/--seqlen are not given. Without it a
+    /// text calibration on the CPU defaults to 128 x 256 (a GPU uses 128 x 2048 either way).
+    #[arg(long)]
+    paper: bool,
+}
+
+/// The memory plan: print it, or bound the device memory it plans for.
+#[derive(Args)]
+struct PlanArgs {
+    /// Print the plan (calibration tokens, peak host and device memory, chunk sizes, bytes moved
+    /// per layer, estimated time on the CPU) and exit without computing; with --json as JSON.
+    #[arg(long = "plan")]
+    plan_only: bool,
+    /// Device memory the run may use, e.g. 24GiB; chunk sizes are planned to fit it. Default:
+    /// what the device has free. Settings that cannot fit are refused before any work.
+    #[arg(long, value_parser = parse_size)]
+    max_gpu_mem: Option<u64>,
 }
 
 #[derive(Args)]
@@ -366,6 +385,12 @@ struct BenchArgs {
     /// No progress bar.
     #[arg(long, short)]
     quiet: bool,
+    #[command(flatten)]
+    plan: PlanArgs,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    fasp_engine::plan::parse_size(s)
 }
 
 /// A count of windows: 0 would leave nothing to evaluate.
@@ -404,8 +429,18 @@ fn prune(a: PruneArgs) -> Result<()> {
         progress: !a.quiet && !a.json,
         eval: a.eval.map(|path| job::EvalSpec { path, seqlen: a.eval_seqlen, max_windows: a.eval_windows, dense: a.eval_dense }),
     };
+    let settings = job::PlanSettings { max_gpu_mem: a.plan.max_gpu_mem, paper: a.paper };
+    if a.plan.plan_only {
+        let p = job::plan_prune(&job, &settings)?;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&p)?);
+        } else {
+            print!("{}", p.text());
+        }
+        return Ok(());
+    }
     let t_wall = std::time::Instant::now();
-    let s = job::run_prune(&job)?;
+    let s = job::run_prune_with(&job, &settings)?;
     let wall = t_wall.elapsed().as_secs_f64();
     if a.json {
         println!("{}", serde_json::to_string_pretty(&s.fasp_json)?);
@@ -621,7 +656,17 @@ fn bench(a: BenchArgs) -> Result<()> {
         write: a.write,
         force: a.force,
         progress: !a.quiet && !a.json,
+        max_gpu_mem: a.plan.max_gpu_mem,
     };
+    if a.plan.plan_only {
+        let v = fasp_engine::bench::plan_only(&opts)?;
+        if a.json {
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        } else {
+            print!("{}", v["text"].as_str().unwrap_or_default());
+        }
+        return Ok(());
+    }
     let r = fasp_engine::bench::run_bench(&opts)?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&r)?);

@@ -251,6 +251,15 @@ pub trait Backend {
         None
     }
 
+    /// Free and total device memory in bytes; None on the CPU.
+    fn device_memory(&self) -> Option<(u64, u64)> {
+        None
+    }
+
+    /// The chunking chosen by the memory plan (`crate::plan`): calibration tokens per device
+    /// pass and windows per attention sub-batch. Ignored by the CPU.
+    fn set_chunking(&mut self, _chunk_tokens: usize, _attn_windows: usize) {}
+
     /// Starts a new phase for `Counters::phase_peak_bytes`. Default: nothing.
     fn reset_phase_peak(&self) {}
 }

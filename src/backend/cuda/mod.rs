@@ -79,15 +79,15 @@ impl Solver {
     }
 }
 
-/// Default chunk of calibration tokens per device pass.
-pub const DEFAULT_CHUNK_TOKENS: usize = 8192;
-/// Budget of one attention sub-batch's score matrices.
-const ATTN_SCORE_BYTES: usize = 512 << 20;
+/// Default chunk of calibration tokens per device pass (the memory plan may choose less).
+pub const DEFAULT_CHUNK_TOKENS: usize = crate::plan::MAX_CHUNK_TOKENS;
 
 pub struct CudaBackend {
     gpu: Arc<Gpu>,
     pub solver: Solver,
     pub chunk_tokens: usize,
+    /// Windows per attention sub-batch when the memory plan chose it (else from the score budget).
+    pub attn_windows: Option<usize>,
     seqlen: usize,
     tokens: usize,
     hidden_width: usize,
@@ -164,6 +164,7 @@ impl CudaBackend {
             gpu,
             solver: Solver::from_env()?,
             chunk_tokens,
+            attn_windows: None,
             seqlen: 0,
             tokens: 0,
             hidden_width: 0,
@@ -201,8 +202,10 @@ impl CudaBackend {
     fn plan(&self, cfg: &ModelConfig) -> (usize, usize) {
         let nwin = self.windows().max(1);
         let chunk = (self.chunk_tokens / self.seqlen.max(1)).clamp(1, nwin);
-        let per_window = cfg.heads * self.seqlen * self.seqlen * 4;
-        let attn = (ATTN_SCORE_BYTES / per_window.max(1)).clamp(1, chunk);
+        let attn = match self.attn_windows {
+            Some(a) => a.clamp(1, chunk),
+            None => crate::plan::attn_windows_for(cfg, self.seqlen, chunk, crate::plan::ATTN_SCORE_BYTES),
+        };
         (chunk, attn)
     }
 
@@ -498,6 +501,15 @@ impl Backend for CudaBackend {
 
     fn device_counters(&self) -> Option<device::Counters> {
         Some(self.gpu.counters())
+    }
+
+    fn device_memory(&self) -> Option<(u64, u64)> {
+        self.gpu.mem_info().ok().map(|(free, total)| (free as u64, total as u64))
+    }
+
+    fn set_chunking(&mut self, chunk_tokens: usize, attn_windows: usize) {
+        self.chunk_tokens = chunk_tokens.max(1);
+        self.attn_windows = Some(attn_windows.max(1));
     }
 
     fn reset_phase_peak(&self) {
