@@ -8,7 +8,7 @@ which segments differently (1,240,415 tokens on this text where SentencePiece gi
 Perplexity: transformers' own GGUF loader (its own dequantization, its own `(1+w)` norm shift, its own
 Gemma-3 config defaults), fp32, eager attention, on the first WINDOWS windows of SEQLEN of those ids
 (SEQLEN > the 512-token sliding window, so sliding layers differ from global ones), exactly as
-FASP-SPEC §10 (fp32 logits, log-softmax, fp64 sums).
+docs/spec.md §10 (fp32 logits, log-softmax, fp64 sums).
 Writes tests/fixtures/gemma3/{eval_ids.npy,reference.json}; reference.json also holds the count and
 a position-weighted sum (Σ (i+1)·id mod 2^64) of the ids of the whole text, which tests/gguf_gemma.rs
 checks. Run with the fixtures venv (scripts/make-fixtures.sh's pins plus gguf==0.19.0,

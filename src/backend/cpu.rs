@@ -40,7 +40,7 @@ impl PairStats {
 }
 
 /// Scores, selects and restores one pair on the full statistics: the reference of the seam's
-/// `prune_attn`/`prune_mlp` (FASP-SPEC §5-§6).
+/// `prune_attn`/`prune_mlp` (docs/spec.md §5-§6).
 pub fn prune_pair(st: &PairStats, summary: &StatsSummary, job: &PairJob, kind: crate::prune::plan::PairKind) -> Result<PrunedPair> {
     super::check_job(job, kind, summary)?;
     let perr = |m: String| pair_error(job.layer, kind, m);

@@ -26,7 +26,7 @@ use crate::prune::plan::PairKind;
 use crate::tensor::Mat;
 use std::marker::PhantomData;
 
-/// The O(n) part of a pair's statistics (FASP-SPEC §4) that the host needs: enough for every
+/// The O(n) part of a pair's statistics (docs/spec.md §4) that the host needs: enough for every
 /// method's scores (wanda-sp, flap, magnitude, random are scored on the host from it), FLAP's bias
 /// compensation and λ.
 #[derive(Clone, Debug, PartialEq)]
