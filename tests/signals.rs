@@ -91,7 +91,8 @@ fn copy_model(name: &str, dir: &Path) -> PathBuf {
     dst
 }
 
-/// The run record without what differs between runs by nature (timings, the resume note).
+/// The run record without what differs between runs by nature (timings, the resume note, the
+/// measured peak memory and the free memory the plan was checked against).
 fn record(out: &Path) -> serde_json::Value {
     let mut v = read_json(&out.join("fasp.json"));
     let o = v.as_object_mut().unwrap();
@@ -100,6 +101,14 @@ fn record(out: &Path) -> serde_json::Value {
     }
     if let Some(e) = o.get_mut("eval").and_then(|e| e.as_object_mut()) {
         e.remove("seconds_in_pipeline");
+    }
+    if let Some(m) = o.get_mut("memory").and_then(|m| m.as_object_mut()) {
+        m.remove("peak_host_bytes");
+        m.remove("peak_device_bytes");
+    }
+    if let Some(h) = o.get_mut("plan").and_then(|p| p.get_mut("host")).and_then(|h| h.as_object_mut()) {
+        h.remove("limit");
+        h.remove("fits");
     }
     v
 }
