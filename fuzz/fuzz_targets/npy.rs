@@ -9,7 +9,7 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let path = common::put("ids.npy", data);
-    match calib::read_npy(&path) {
+    match calib::read_npy(&path, calib::Role::Calibration) {
         Ok(Tokens::Stream(s)) => {
             let _ = calib::sample_windows(&s, 2, 4, 0);
         }
