@@ -13,6 +13,11 @@
 #     FASP_FUZZ_SECONDS sets the seconds per target (default 5; 0 skips the smoke).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# no incremental caches: they add hundreds of MB per test binary and a clean CI build gains nothing
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+tdir="${CARGO_TARGET_DIR:-target}"
+mkdir -p "$tdir"
+echo "test.sh: disk free where the build goes ($tdir): $(df -h --output=avail "$tdir" | tail -1 | tr -d ' ') (the whole suite needs about 3 GB)"
 if [ -x scripts/setup-cuda.sh ]; then scripts/setup-cuda.sh; fi
 if [ -x scripts/fetch-assets.sh ]; then scripts/fetch-assets.sh; fi
 echo "test.sh: cargo fmt --check"
