@@ -415,3 +415,33 @@ fn smollm2_prunes_to_gguf_end_to_end() {
     let text = run(&["inspect", "--model", out.to_str().unwrap()]);
     assert!(text.contains("ffn            1229"), "{text}");
 }
+
+#[test]
+fn an_interrupted_gguf_prune_resumes_to_the_same_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let f = fixture("llama-gqa");
+    let bin = env!("CARGO_BIN_EXE_fasp-engine");
+    let prune = |out: &str, extra: &[&str], stop: Option<&str>| {
+        let mut c = Command::new(bin);
+        c.current_dir(d).args(["prune", "--model", f.to_str().unwrap(), "--calib", f.join("calib_ids.npy").to_str().unwrap()]);
+        c.args(["--out", out, "--format", "gguf", "--device", "cpu", "-q"]).args(extra);
+        if let Some(l) = stop {
+            c.env("FASP_TEST_STOP_AFTER_LAYER", l);
+        }
+        c.output().unwrap()
+    };
+    // killed after layer 1: no output, the checkpoint kept in the temporary directory beside it
+    let o = prune("x.gguf", &[], Some("1"));
+    assert!(!o.status.success());
+    assert!(!d.join("x.gguf").exists());
+    assert!(listing(d).iter().any(|n| n.starts_with(".x.gguf.tmp-")), "{:?}", listing(d));
+    let o = prune("x.gguf", &["--resume"], None);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(listing(d), vec!["x.gguf".to_string()]);
+    let g = GgufFile::open(&d.join("x.gguf")).unwrap();
+    let rec: Value = serde_json::from_str(g.metadata("fasp.json").unwrap().as_str().unwrap()).unwrap();
+    assert_eq!(rec["resumed_from_layer"], 2);
+    assert!(prune("y.gguf", &[], None).status.success());
+    assert_eq!(logits(&d.join("x.gguf")), logits(&d.join("y.gguf")));
+}
