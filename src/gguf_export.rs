@@ -106,7 +106,7 @@ impl GgufExporter {
                 cfg.family.name()
             ))
         })?;
-        check_rope(cfg)?;
+        check_rope(cfg, arch)?;
         let w = match work_dir {
             Some(d) => GgufWriter::create_in(out, d)?,
             None => GgufWriter::create(out)?,
@@ -268,6 +268,12 @@ impl GgufExporter {
             let head = model.lm_head()?;
             self.matrix("output.weight", head.rows, head.cols, &head.data)?;
         }
+        if let Some((factors, params)) = llama3_rope(&cfg) {
+            self.w.tensor("rope_freqs.weight", &[factors.len()], &factors, GgufType::F32)?;
+            for (k, v) in crate::gguf::LLAMA3_ROPE_KEYS.iter().zip(params) {
+                self.w.meta(&format!("fasp.rope.llama3.{k}"), GgufValue::F32(v));
+            }
+        }
         let ffn_pruned = self.ffn.unwrap_or(cfg.ffn);
         let ffn = self.written_ffn(ffn_pruned);
         for (k, v) in inherited_general(model)? {
@@ -293,16 +299,25 @@ impl GgufExporter {
     }
 }
 
-/// Rotary scalings GGUF holds as metadata: none and linear. Llama-3.x scaling (llama.cpp stores
-/// it as a `rope_freqs.weight` tensor, which our reader does not read back) is refused.
-fn check_rope(cfg: &ModelConfig) -> Result<()> {
+/// Rotary scalings GGUF holds: none and linear as metadata; Llama-3.x scaling as llama.cpp's
+/// `rope_freqs.weight` tensor (GGUF `llama` only), with its parameters as `fasp.rope.llama3.*`
+/// keys so that our reader can read it back.
+fn check_rope(cfg: &ModelConfig, arch: &str) -> Result<()> {
     match cfg.rope.map(|r| r.scaling) {
-        Some(RopeScaling::Llama3 { .. }) => Err(FaspError::Unsupported(
-            "Llama-3.x rope scaling is not written to GGUF yet (llama.cpp stores it as a rope_freqs tensor); write an HF directory instead"
-                .into(),
-        )),
+        Some(RopeScaling::Llama3 { .. }) if arch != "llama" => {
+            Err(FaspError::Unsupported(format!("Llama-3.x rope scaling is written to GGUF for the llama architecture only, not {arch}")))
+        }
         _ => Ok(()),
     }
+}
+
+/// Llama-3.x rope scaling: `rope_freqs.weight` and the `fasp.rope.llama3.*` keys.
+fn llama3_rope(cfg: &ModelConfig) -> Option<(Vec<f32>, [f32; 4])> {
+    let r = cfg.rope?;
+    let RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_positions } = r.scaling else { return None };
+    let p = [factor, low_freq_factor, high_freq_factor, original_max_positions];
+    let f = crate::gguf::llama3_rope_factors(r.theta as f64, cfg.head_dim, p[0] as f64, p[1] as f64, p[2] as f64, p[3] as f64);
+    Some((f, p))
 }
 
 /// Every metadata key llama.cpp's loader reads for `arch`, from the config (with the MLP width
@@ -578,6 +593,21 @@ mod tests {
         let b: Vec<f32> = (0..rows).map(|i| i as f32).collect();
         assert_eq!(crate::gguf::unpermute_rows(&permute_rows(&b, rows, 1, n_h).unwrap(), rows, 1, n_h).unwrap(), b);
         assert!(permute_rows(&w, rows, cols, 5).is_none());
+    }
+
+    #[test]
+    fn llama3_rope_factors_divide_the_base_frequencies_into_the_scaled_ones() {
+        use crate::model::config::Rope;
+        let scaling = RopeScaling::Llama3 { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_positions: 8192.0 };
+        let (theta, hd) = (500000.0f32, 64);
+        let scaled = Rope { theta, scaling }.inv_freq(hd);
+        let base = Rope { theta, scaling: RopeScaling::None }.inv_freq(hd);
+        let f = crate::gguf::llama3_rope_factors(theta as f64, hd, 8.0, 1.0, 4.0, 8192.0);
+        assert_eq!((f[0], f[31]), (1.0, 8.0));
+        assert!(f.iter().any(|&x| x > 1.0 && x < 8.0), "a blended band");
+        for ((b, s), f) in base.iter().zip(&scaled).zip(&f) {
+            assert!((b / f - s).abs() <= 1e-6 * s, "{b} / {f} vs {s}");
+        }
     }
 
     #[test]

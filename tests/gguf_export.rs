@@ -17,7 +17,7 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-const FAMILIES: &[&str] = &["llama-gqa", "llama-mha", "mistral", "qwen2", "qwen3", "gemma3"];
+const FAMILIES: &[&str] = &["llama-gqa", "llama-mha", "llama3", "mistral", "qwen2", "qwen3", "gemma3"];
 
 /// F16 logits against the f32 model, `max|a − b| / max|b|`: measured 6.5e-4 (llama-gqa) to 3.8e-3
 /// (gemma3) on these fixtures (f16 keeps 11 significant bits).
@@ -150,6 +150,9 @@ fn expected_tensors(cfg: &Value, ty: GgufType) -> Vec<Value> {
     ];
     if cfg["tie_word_embeddings"] == false {
         t.push(json!({"name": "output.weight", "shape": [d, vocab], "type": m}));
+    }
+    if cfg["rope_scaling"]["rope_type"] == "llama3" {
+        t.push(json!({"name": "rope_freqs.weight", "shape": [hd / 2], "type": "F32"}));
     }
     let attn_bias = cfg["attention_bias"] == true || family == "qwen2";
     let mlp_bias = cfg["mlp_bias"] == true;
