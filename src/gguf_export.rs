@@ -14,8 +14,12 @@
 //!   written at its pruned width, which FASP makes the same in every layer; a model whose layers
 //!   differ is refused (the plain architectures hold one `feed_forward_length`).
 //! * Tensor types: 1-D tensors (norms, biases) are F32, as llama.cpp's converter keeps them;
-//!   matrices are the chosen type. Q8_0 needs rows (ne0) that are a multiple of 32: a matrix
-//!   whose rows are not is written as F16 instead, and named in [`ExportSummary::f16_fallback`].
+//!   matrices are the chosen type. Q8_0 needs rows (ne0) that are a multiple of 32. For the MLP
+//!   (whose pruned width rarely is) the written width is padded with zero channels to the next
+//!   multiple of 32: a zero gate/up row gives a zero activation, so the model is unchanged, and
+//!   `ffn_down` quantizes like the rest (SmolLM2 at 20%: 1229 channels written as 1248). Any other
+//!   matrix whose rows are not a multiple of 32 is written as F16, named in
+//!   [`ExportSummary::f16_fallback`].
 //! * Tokenizer: the input GGUF's `tokenizer.*` keys, copied verbatim; otherwise built from
 //!   `tokenizer.json` (byte-level BPE only, see [`tokenizer_from_json`]).
 
@@ -66,8 +70,11 @@ pub struct ExportSummary {
     pub ty: GgufType,
     /// Matrices written as F16 because Q8_0 needs rows that are a multiple of 32.
     pub f16_fallback: Vec<String>,
-    /// The MLP width written (`feed_forward_length`).
+    /// The MLP width written (`feed_forward_length`): the pruned width, padded with zero channels
+    /// to a multiple of 32 for Q8_0.
     pub ffn: usize,
+    /// The pruned MLP width.
+    pub ffn_pruned: usize,
     /// Where the tokenizer came from (`input GGUF`, `tokenizer.json`, or `none`).
     pub tokenizer: &'static str,
 }
@@ -193,17 +200,31 @@ impl GgufExporter {
             self.vector(&n("post_attention_norm.weight"), &p.w)?;
         }
         self.vector(&n("ffn_norm.weight"), &lw.mlp_norm.w)?;
+        // Q8_0: the MLP padded with zero channels to a multiple of 32, so that ffn_down's rows
+        // quantize too (a zero gate/up row gives a zero activation: the model is unchanged)
+        let width = self.written_ffn(ffn);
+        let pad_rows = |m: &crate::tensor::Mat| {
+            let mut d = m.data.clone();
+            d.resize(width * m.cols, 0.0);
+            d
+        };
+        let pad_vec = |b: &Vec<f32>| {
+            let mut b = b.clone();
+            b.resize(width, 0.0);
+            b
+        };
         if let Some(g) = &lw.gate {
-            self.matrix(&n("ffn_gate.weight"), g.w.rows, g.w.cols, &g.w.data)?;
+            self.matrix(&n("ffn_gate.weight"), width, g.w.cols, &pad_rows(&g.w))?;
             if let Some(b) = &g.b {
-                self.vector(&n("ffn_gate.bias"), b)?;
+                self.vector(&n("ffn_gate.bias"), &pad_vec(b))?;
             }
         }
-        self.matrix(&n("ffn_up.weight"), lw.up.w.rows, lw.up.w.cols, &lw.up.w.data)?;
+        self.matrix(&n("ffn_up.weight"), width, lw.up.w.cols, &pad_rows(&lw.up.w))?;
         if let Some(b) = &lw.up.b {
-            self.vector(&n("ffn_up.bias"), b)?;
+            self.vector(&n("ffn_up.bias"), &pad_vec(b))?;
         }
-        self.matrix(&n("ffn_down.weight"), lw.down.w.rows, lw.down.w.cols, &lw.down.w.data)?;
+        let down = lw.down.w.scatter_cols(&(0..ffn).collect::<Vec<_>>(), width);
+        self.matrix(&n("ffn_down.weight"), down.rows, down.cols, &down.data)?;
         if let Some(b) = &lw.down.b {
             self.vector(&n("ffn_down.bias"), b)?;
         }
@@ -212,6 +233,15 @@ impl GgufExporter {
         }
         self.written[l] = true;
         Ok(())
+    }
+
+    /// The MLP width written for a pruned width `ffn`: `ffn`, or for Q8_0 the next multiple of 32.
+    fn written_ffn(&self, ffn: usize) -> usize {
+        if self.ty == GgufType::Q8_0 {
+            ffn.next_multiple_of(32)
+        } else {
+            ffn
+        }
     }
 
     fn w_out(&self) -> PathBuf {
@@ -238,7 +268,8 @@ impl GgufExporter {
             let head = model.lm_head()?;
             self.matrix("output.weight", head.rows, head.cols, &head.data)?;
         }
-        let ffn = self.ffn.unwrap_or(cfg.ffn);
+        let ffn_pruned = self.ffn.unwrap_or(cfg.ffn);
+        let ffn = self.written_ffn(ffn_pruned);
         for (k, v) in model_metadata(model, self.arch, ffn, self.ty) {
             self.w.meta(&k, v);
         }
@@ -255,7 +286,7 @@ impl GgufExporter {
         }
         let (ty, f16_fallback) = (self.ty, std::mem::take(&mut self.f16_fallback));
         let bytes = self.w.finish()?;
-        Ok(ExportSummary { bytes, ty, f16_fallback, ffn, tokenizer })
+        Ok(ExportSummary { bytes, ty, f16_fallback, ffn, ffn_pruned, tokenizer })
     }
 }
 
