@@ -270,6 +270,9 @@ impl GgufExporter {
         }
         let ffn_pruned = self.ffn.unwrap_or(cfg.ffn);
         let ffn = self.written_ffn(ffn_pruned);
+        for (k, v) in inherited_general(model)? {
+            self.w.meta(&k, v);
+        }
         for (k, v) in model_metadata(model, self.arch, ffn, self.ty) {
             self.w.meta(&k, v);
         }
@@ -381,6 +384,18 @@ fn model_metadata(model: &Model, arch: &str, ffn: usize, ty: GgufType) -> Vec<(S
         );
     }
     m
+}
+
+/// A GGUF input's descriptive `general.*` keys (license, organization, basename, ...), kept in the
+/// output; those that describe the file or the model's size (type, alignment, size label) are not.
+fn inherited_general(model: &Model) -> Result<Vec<(String, GgufValue)>> {
+    if !model.path.is_file() {
+        return Ok(Vec::new());
+    }
+    const OWN: &[&str] =
+        &["general.architecture", "general.file_type", "general.alignment", "general.quantization_version", "general.size_label"];
+    let g = GgufFile::open(&model.path)?;
+    Ok(g.metadata_entries().iter().filter(|(k, _)| k.starts_with("general.") && !OWN.contains(&k.as_str())).cloned().collect())
 }
 
 /// The tokenizer keys: the input GGUF's `tokenizer.*`, copied verbatim; else built from the

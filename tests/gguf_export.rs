@@ -399,6 +399,10 @@ fn smollm2_prunes_to_gguf_end_to_end() {
         f.metadata_entries().iter().filter(|(k, _)| k.starts_with("tokenizer.")).cloned().collect()
     };
     assert_eq!(tok(&g), tok(&src), "the tokenizer keys are copied verbatim");
+    for k in ["general.name", "general.license", "general.organization"] {
+        assert_eq!(g.metadata(k), src.metadata(k), "{k}");
+    }
+    assert_eq!(g.metadata("general.file_type").and_then(GgufValue::as_u64), Some(1));
     assert!(!tok(&g).is_empty());
     assert_eq!(listing(d), vec!["smol-20.gguf".to_string()]);
 
@@ -444,4 +448,31 @@ fn an_interrupted_gguf_prune_resumes_to_the_same_model() {
     assert_eq!(rec["resumed_from_layer"], 2);
     assert!(prune("y.gguf", &[], None).status.success());
     assert_eq!(logits(&d.join("x.gguf")), logits(&d.join("y.gguf")));
+}
+
+#[test]
+fn the_cli_picks_gguf_by_the_out_name_and_checks_its_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let bin = env!("CARGO_BIN_EXE_fasp-engine");
+    let f = fixture("qwen3");
+    let run = |args: &[&str]| {
+        let o = Command::new(bin).current_dir(d).args(args).output().unwrap();
+        (o.status.success(), format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr)))
+    };
+    let (ok, text) = run(&["convert", "--model", f.to_str().unwrap(), "--out", "q.gguf"]);
+    assert!(ok && text.contains("GGUF f32") && text.contains("tokenizer from tokenizer.json"), "{text}");
+    assert_eq!(GgufFile::open(&d.join("q.gguf")).unwrap().metadata("general.architecture").and_then(|v| v.as_str()), Some("qwen3"));
+    let (ok, text) = run(&["convert", "--model", f.to_str().unwrap(), "--out", "q8.gguf", "--gguf-type", "q8_0"]);
+    assert!(ok && text.contains("GGUF q8_0"), "{text}");
+    // a GGUF type for an HF output, and an unknown type, are one-line errors
+    let (ok, text) = run(&["convert", "--model", f.to_str().unwrap(), "--out", "hf", "--gguf-type", "q8_0"]);
+    assert!(!ok && text.contains("--gguf-type needs a GGUF output"), "{text}");
+    let (ok, text) = run(&["convert", "--model", f.to_str().unwrap(), "--out", "x.gguf", "--gguf-type", "q4_k"]);
+    assert!(!ok && text.contains("unknown GGUF type"), "{text}");
+    let calib = f.join("calib_ids.npy");
+    let (ok, text) =
+        run(&["prune", "--model", f.to_str().unwrap(), "--calib", calib.to_str().unwrap(), "--out", "p", "--gguf-type", "f16"]);
+    assert!(!ok && text.contains("--gguf-type needs --format gguf"), "{text}");
+    assert!(!d.join("hf").exists() && !d.join("x.gguf").exists() && !d.join("p").exists());
 }
