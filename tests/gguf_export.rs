@@ -417,7 +417,10 @@ fn smollm2_prunes_to_gguf_end_to_end() {
     assert!(pg.is_finite() && ((pg - ph) / ph).abs() < 1e-3, "gguf {pg} vs hf {ph}");
     // inspect keeps working on the GGUF output
     let text = run(&["inspect", "--model", out.to_str().unwrap()]);
-    assert!(text.contains("ffn            1229"), "{text}");
+    assert!(text.contains("ffn            1229") && !text.contains("pruned         no"), "{text}");
+    let text = run(&["inspect", "--model", out.to_str().unwrap(), "--json"]);
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["fasp"]["method"], "fasp", "{text}");
 }
 
 #[test]
