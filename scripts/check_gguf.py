@@ -94,7 +94,7 @@ def main():
         ref = tensor_map(gguf.GGUFReader(exp["reference"]))
         n = 0
         for name, t in tensors.items():
-            if t.tensor_type not in (gguf.GGMLQuantizationType.Q8_0, gguf.GGMLQuantizationType.F16):
+            if t.tensor_type not in (gguf.GGMLQuantizationType.Q8_0, gguf.GGMLQuantizationType.F16, gguf.GGMLQuantizationType.BF16):
                 continue
             if name not in ref:
                 fail(f"{name}: not in the reference file")
@@ -106,7 +106,7 @@ def main():
                 bad = int(np.argmax(want_bytes != got_bytes)) if want_bytes.shape == got_bytes.shape else -1
                 fail(f"{name} ({t.tensor_type.name}): bytes differ from gguf-py's encoding of the reference (first at byte {bad})")
             n += 1
-        print(f"check_gguf: {n} Q8_0/F16 tensors byte-equal to gguf-py's quantization of the F32 reference")
+        print(f"check_gguf: {n} Q8_0/F16/BF16 tensors byte-equal to gguf-py's encoding of the F32 reference")
 
     for f32_name, q_name in exp.get("q8_pairs", []):
         src, q = tensors[f32_name], tensors[q_name]
