@@ -3,6 +3,8 @@
 // What (n = element count, `long long`; outputs may alias inputs unless noted):
 //   fasp_relu_f32            x = max(x, 0) in place (OPT fc1 activation; NaN stays NaN)
 //   fasp_silu_mul_f32        out = silu(gate) * up, silu(g) = g / (1 + exp(-g))  (LLaMA SwiGLU; out may alias)
+//   fasp_gelu_tanh_mul_f32   out = up * gelu_tanh(gate), gelu_tanh(g) = 0.5 g (1 + tanh(b (g + 0.044715 g^3))),
+//                            b = sqrt(2/pi) (PyTorch's `gelu(approximate="tanh")` in fp32; Gemma's GLU; out may alias)
 //   fasp_add_f32             out = a + b  (residual add; also W2' = W2[:,S] + Y)
 //   fasp_add_bias_f32        x[r][c] += bias[c], x [rows][cols] in place (OPT/LLaMA linear biases)
 //   fasp_convert_f32_to_bf16 / fasp_convert_bf16_to_f32   (round-to-nearest-even; NaN/inf preserved)
@@ -25,6 +27,17 @@ fasp_silu_mul_f32(const float* gate, const float* up, float* out, long long n) {
     for (i64 i = fasp::global_tid(); i < n; i += fasp::grid_stride()) {
         const float g = gate[i];
         out[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256)
+fasp_gelu_tanh_mul_f32(const float* gate, const float* up, float* out, long long n) {
+    // PyTorch's kBeta = M_SQRT2 * M_2_SQRTPI * 0.5, rounded to fp32 once
+    const float beta = (float)(1.4142135623730950488 * 1.1283791670955125739 * 0.5);
+    for (i64 i = fasp::global_tid(); i < n; i += fasp::grid_stride()) {
+        const float g = gate[i];
+        const float inner = beta * (g + 0.044715f * (g * g * g));
+        out[i] = up[i] * (0.5f * g * (1.0f + tanhf(inner)));
     }
 }
 

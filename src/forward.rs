@@ -251,7 +251,7 @@ pub fn mlp_residual(cfg: &ModelConfig, lw: &LayerWeights, h: &Mat, act: &Mat) ->
 }
 
 /// GELU, tanh approximation, as PyTorch computes it in f32.
-fn gelu_tanh(x: f32) -> f32 {
+pub fn gelu_tanh(x: f32) -> f32 {
     let beta = (std::f64::consts::SQRT_2 * std::f64::consts::FRAC_2_SQRT_PI * 0.5) as f32;
     let inner = beta * (x + 0.044715 * (x * x * x));
     0.5 * x * (1.0 + inner.tanh())

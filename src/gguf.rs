@@ -817,9 +817,11 @@ impl GgufFile {
         if !a.gguf_qk_permuted {
             return Ok((shape, data));
         }
-        let n_heads = if gguf_name.ends_with(".attn_q.weight") {
+        // the biases of Q and K are permuted with their rows (fasp-engine's GGUF writer does so;
+        // llama.cpp's rotary needs it)
+        let n_heads = if gguf_name.ends_with(".attn_q.weight") || gguf_name.ends_with(".attn_q.bias") {
             Some(self.heads(a.gguf_arch)?.0)
-        } else if gguf_name.ends_with(".attn_k.weight") {
+        } else if gguf_name.ends_with(".attn_k.weight") || gguf_name.ends_with(".attn_k.bias") {
             Some(self.heads(a.gguf_arch)?.1)
         } else {
             None
@@ -828,11 +830,13 @@ impl GgufFile {
             None => Ok((shape, data)),
             Some(n_h) => {
                 let malformed = |msg: String| GgufError::Malformed { path: self.path.clone(), msg };
-                if shape.len() != 2 {
-                    return Err(malformed(format!("tensor '{gguf_name}' is not a matrix: {shape:?}")));
-                }
+                let cols = match shape.len() {
+                    2 => shape[1],
+                    1 if gguf_name.ends_with(".bias") => 1,
+                    _ => return Err(malformed(format!("tensor '{gguf_name}' has shape {shape:?}"))),
+                };
                 let n_h = n_h as usize;
-                let data = unpermute_rows(&data, shape[0], shape[1], n_h).ok_or_else(|| {
+                let data = unpermute_rows(&data, shape[0], cols, n_h).ok_or_else(|| {
                     malformed(format!("tensor '{gguf_name}': {} rows do not split into {n_h} heads of even size", shape[0]))
                 })?;
                 Ok((shape, data))

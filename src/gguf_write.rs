@@ -2,9 +2,11 @@
 //!
 //! Tensor data is appended to a spool file as it arrives (so a large model is never held in
 //! memory); `finish` writes the header (metadata and tensor infos, ne0 first) into a temporary
-//! file beside the output, appends the spool aligned to `general.alignment` (32), and renames the
-//! file into place. On any error, or if the writer is dropped unfinished, both temporary files
-//! are removed and nothing is left behind.
+//! file, appends the spool aligned to `general.alignment` (32), and renames the file into place.
+//! Both temporary files live beside the output ([`GgufWriter::create`]) or in a work directory
+//! on the same file system ([`GgufWriter::create_in`]: the prune job's temporary directory, which
+//! also holds its checkpoint and is removed with it). On any error, or if the writer is dropped
+//! unfinished, both temporary files are removed and nothing is left behind.
 //!
 //! The Q8_0 quantizer is ggml's reference one (and the `gguf` Python package's): per block of
 //! 32 weights, `d = max|x| / 127`, `q = round_half_away(x / d)` (computed as `x * (1/d)` in f32),
@@ -178,6 +180,8 @@ fn out_err(path: &Path, msg: impl Into<String>) -> FaspError {
 /// Writes one GGUF file atomically (see the module docs).
 pub struct GgufWriter {
     out: PathBuf,
+    /// Where the assembled file is written before the rename.
+    partial: PathBuf,
     meta: Vec<(String, GgufValue)>,
     tensors: Vec<TensorEntry>,
     spool: BufWriter<File>,
@@ -193,7 +197,20 @@ impl GgufWriter {
             return Err(out_err(out, format!("parent directory {} does not exist", dir.display())));
         }
         let name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let spool_path = dir.join(format!(".{name}.tmp-{}-data", std::process::id()));
+        let pid = std::process::id();
+        Self::with_paths(out, dir.join(format!(".{name}.tmp-{pid}-data")), dir.join(format!(".{name}.tmp-{pid}")))
+    }
+
+    /// As [`GgufWriter::create`], with both temporary files in `work_dir`, which must be on the
+    /// same file system as `out` (a directory beside it).
+    pub fn create_in(out: &Path, work_dir: &Path) -> Result<Self> {
+        if !work_dir.is_dir() {
+            return Err(out_err(out, format!("work directory {} does not exist", work_dir.display())));
+        }
+        Self::with_paths(out, work_dir.join("tensors.spool"), work_dir.join("model.gguf.partial"))
+    }
+
+    fn with_paths(out: &Path, spool_path: PathBuf, partial: PathBuf) -> Result<Self> {
         let f = std::fs::OpenOptions::new()
             .read(true)
             .write(true)
@@ -203,6 +220,7 @@ impl GgufWriter {
             .map_err(|e| FaspError::io(&spool_path, e))?;
         Ok(GgufWriter {
             out: out.to_path_buf(),
+            partial,
             meta: Vec::new(),
             tensors: Vec::new(),
             spool: BufWriter::with_capacity(1 << 20, f),
@@ -217,6 +235,16 @@ impl GgufWriter {
             Some(e) => e.1 = v,
             None => self.meta.push((key.to_string(), v)),
         }
+    }
+
+    /// The path the file is renamed to.
+    pub fn out(&self) -> &Path {
+        &self.out
+    }
+
+    /// The metadata entries so far, in order.
+    pub fn metadata(&self) -> &[(String, GgufValue)] {
+        &self.meta
     }
 
     /// Appends a tensor given row-major (`shape` is HF order, `[out, in]` for a matrix).
@@ -278,9 +306,7 @@ impl GgufWriter {
         let sp = self.spool_file.path.clone();
         self.spool.flush().map_err(|e| FaspError::io(&sp, e))?;
         let header = self.header();
-        let dir = self.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new(".")).to_path_buf();
-        let name = self.out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let tmp = TempFile { path: dir.join(format!(".{name}.tmp-{}", std::process::id())), keep: false };
+        let tmp = TempFile { path: self.partial.clone(), keep: false };
         let io = |p: &Path| {
             let p = p.to_path_buf();
             move |e| FaspError::io(p, e)

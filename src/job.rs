@@ -3,7 +3,9 @@
 
 use crate::backend::{cpu::CpuBackend, cuda::CudaBackend, Backend};
 use crate::calib;
-use crate::error::Result;
+use crate::error::{FaspError, Result};
+use crate::gguf_export::{ExportSummary, GgufExporter};
+use crate::gguf_write::GgufType;
 use crate::model::{DType, Model};
 use crate::output::{self, ModelWriter};
 use crate::plan::{self, Plan, PlanRequest, Target};
@@ -22,6 +24,15 @@ pub enum Device {
     /// The emulated device: the CUDA kernels and host code on the CPU, with checked memory and
     /// stream ordering. For testing: slow, same semantics. `auto` never picks it.
     Emu,
+}
+
+/// What `prune` writes: an HF directory (dense-equivalent or compact) or one GGUF file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum OutFormat {
+    #[default]
+    Hf,
+    /// A `.gguf` file of this tensor type (the input's, as for `--dtype`, when `None`).
+    Gguf(Option<GgufType>),
 }
 
 #[derive(Clone, Debug)]
@@ -43,6 +54,8 @@ pub struct PruneJob {
     pub eval: Option<EvalSpec>,
     /// `--resume`: continue an interrupted run on the same `--out` from its checkpoint.
     pub resume: bool,
+    /// `--format`: an HF directory (default) or a GGUF file.
+    pub format: OutFormat,
 }
 
 /// `prune --eval FILE`: perplexity of the pruned model, computed layer by layer alongside the
@@ -73,6 +86,8 @@ pub struct PruneSummary {
     pub fasp_json: serde_json::Value,
     pub ppl_dense: Option<crate::eval::Perplexity>,
     pub ppl_pruned: Option<crate::eval::Perplexity>,
+    /// What the GGUF export wrote (`--format gguf`).
+    pub gguf: Option<ExportSummary>,
 }
 
 /// An evaluation set: windows of token ids.
@@ -455,9 +470,15 @@ fn run_prune_inner(job: &PruneJob, settings: &PlanSettings) -> Result<PruneSumma
         inputs.push(("evaluation file", e.path.as_path()));
     }
     output::check_out_vs_inputs(&job.out, &inputs)?;
+    if job.compact && job.format != OutFormat::Hf {
+        return Err(FaspError::Arg(
+            "--compact cannot be written as GGUF (llama.cpp holds one value width per model); drop --compact".into(),
+        ));
+    }
     let model = Model::open(&job.model)?;
+    let kind = if job.format == OutFormat::Hf { output::OutKind::Dir } else { output::OutKind::File };
     // the lock on --out is held from here until the output is in place
-    let claim = output::OutClaim::acquire(&job.out, &job.model, job.force, job.resume)?;
+    let claim = output::OutClaim::acquire_kind(&job.out, &job.model, job.force, job.resume, kind)?;
     let target0 = target_of(job.device);
     // sizes from the flags are checked before the calibration is sampled
     if let Some(p) = early_plan(&model, job, target0, settings)? {
@@ -542,7 +563,14 @@ fn run_prune_inner(job: &PruneJob, settings: &PlanSettings) -> Result<PruneSumma
         }
     };
     let resumed_from = ckpt.done();
-    let mut writer = ModelWriter::with_tmp(tmp, dtype, job.compact);
+    let mut writer = match job.format {
+        OutFormat::Hf => Sink::Hf(ModelWriter::with_tmp(tmp, dtype, job.compact)),
+        OutFormat::Gguf(ty) => {
+            let ty = ty.unwrap_or(gguf_type_of(dtype));
+            let exporter = GgufExporter::create(&model, &job.out, Some(tmp.path()), ty)?;
+            Sink::Gguf { exporter: Box::new(exporter), _tmp: tmp, params: (0, 0) }
+        }
+    };
     let hooks = TestHooks::from_env();
     let estimate = run_plan.estimate.as_ref().map(|e| e.seconds_total);
     let pb = job.progress.then(|| progress_bar_eta(model.cfg.layers, &format!("pruning ({})", job.prune.method.name()), "layer", estimate));
@@ -618,7 +646,7 @@ fn run_prune_inner(job: &PruneJob, settings: &PlanSettings) -> Result<PruneSumma
     }
     crate::interrupt::check()?;
     crate::interrupt::stage("writing the output");
-    writer.finish(&model, &job.out, Some(&fasp_json))?;
+    let gguf = writer.finish(&model, &job.out, &fasp_json)?;
     Ok(PruneSummary {
         report,
         params_original: original,
@@ -631,7 +659,62 @@ fn run_prune_inner(job: &PruneJob, settings: &PlanSettings) -> Result<PruneSumma
         fasp_json,
         ppl_dense,
         ppl_pruned,
+        gguf,
     })
+}
+
+/// The GGUF type matching an HF dtype.
+pub fn gguf_type_of(dtype: DType) -> GgufType {
+    match dtype {
+        DType::F32 => GgufType::F32,
+        DType::F16 => GgufType::F16,
+        DType::BF16 => GgufType::BF16,
+    }
+}
+
+/// Where the pruned layers go: the HF writer, or the GGUF exporter with the temporary directory
+/// (checkpoint, lock and the file being assembled) it works in.
+enum Sink {
+    Hf(ModelWriter),
+    Gguf { exporter: Box<GgufExporter>, _tmp: output::TempDir, params: (usize, usize) },
+}
+
+impl Sink {
+    fn write_layer(&mut self, model: &Model, l: usize, lw: &crate::model::LayerWeights) -> Result<()> {
+        match self {
+            Sink::Hf(w) => w.write_layer(model, l, lw),
+            Sink::Gguf { exporter, params, .. } => {
+                let (v, o) = output::dense_equivalent_attn(&model.cfg, lw);
+                params.0 += crate::model::LayerWeights { v, o, ..lw.clone() }.param_count();
+                params.1 += lw.param_count();
+                exporter.write_layer(l, lw)
+            }
+        }
+    }
+
+    fn param_counts(&self, model: &Model) -> (usize, usize) {
+        match self {
+            Sink::Hf(w) => w.param_counts(model),
+            Sink::Gguf { params, .. } => {
+                let other = model.non_layer_param_count();
+                (params.0 + other, params.1 + other)
+            }
+        }
+    }
+
+    /// Finishes the output; a GGUF carries the run record as the metadata key `fasp.json`.
+    fn finish(self, model: &Model, out: &Path, fasp_json: &serde_json::Value) -> Result<Option<ExportSummary>> {
+        match self {
+            Sink::Hf(w) => w.finish(model, out, Some(fasp_json)).map(|()| None),
+            Sink::Gguf { mut exporter, _tmp: tmp, .. } => {
+                exporter.meta("fasp.json", crate::gguf::GgufValue::String(fasp_json.to_string()));
+                let s = exporter.finish(model)?;
+                // the temporary directory (checkpoint, lock) goes now that the file is in place
+                drop(tmp);
+                Ok(Some(s))
+            }
+        }
+    }
 }
 
 /// Planned and measured peaks for the run record: host (VmHWM) and device (the device counters).
@@ -665,6 +748,20 @@ pub fn run_eval(
         pb.finish_and_clear();
     }
     Ok(r)
+}
+
+/// `convert --out X.gguf`: writes a model (an HF directory, our pruned output, or a `.gguf`) as
+/// one GGUF file of type `ty` (the input's when `None`), under the same `--out` rules as `prune`:
+/// not over an input, `--force` to replace, locked, assembled in a temporary directory beside it
+/// and renamed into place.
+pub fn run_convert_gguf(input: &Path, out: &Path, ty: Option<GgufType>, force: bool) -> Result<ExportSummary> {
+    output::check_out_vs_inputs(out, &[("input model", input)])?;
+    let model = Model::open(input)?;
+    let tmp = output::OutClaim::acquire_kind(out, input, force, false, output::OutKind::File)?.create_tmp()?;
+    let ty = ty.unwrap_or_else(|| crate::gguf_export::default_type(&model));
+    let s = crate::gguf_export::export_model(&model, out, Some(tmp.path()), ty)?;
+    drop(tmp);
+    Ok(s)
 }
 
 /// `convert`: writes a model (e.g. a `.gguf`) as a dense HF directory, unchanged but for the dtype.

@@ -5,7 +5,7 @@
 //! * `calib`: calibration windows; `eval`: perplexity.
 //! * `backend`: the device trait the pipeline runs on (CPU reference; CUDA).
 //! * `prune`: the pinned FASP math and the sequential pipeline.
-//! * `output`: the dense-equivalent and compact writers.
+//! * `output`: the dense-equivalent and compact writers; `gguf_export`: the GGUF writer of a model.
 //! * `job`: the prune job as the CLI runs it (reachable from tests).
 //! * `plan`: peak host/device memory, chunk sizes, bytes and time per layer, before any work.
 //! * `bench`: the pipeline timed on synthetic weights of the published shapes, with its floor.
@@ -18,6 +18,7 @@ pub mod error;
 pub mod eval;
 pub mod forward;
 pub mod gguf;
+pub mod gguf_export;
 pub mod gguf_model;
 pub mod gguf_write;
 pub mod interrupt;

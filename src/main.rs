@@ -3,6 +3,7 @@
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
+use fasp_engine::gguf_write::GgufType;
 use fasp_engine::job::{self, Device, PruneJob};
 use fasp_engine::model::{DType, Model};
 use fasp_engine::prune::{Method, PruneConfig};
@@ -28,7 +29,8 @@ struct Cli {
 #[derive(Subcommand)]
 enum Cmd {
     // allow_negative_numbers: `--sparsity -0.1` reaches the range check instead of being taken for a flag
-    /// Prune a model and write a dense-equivalent HF directory (or the compact form) with fasp.json.
+    /// Prune a model and write a dense-equivalent HF directory (or the compact form) with fasp.json,
+    /// or a GGUF file (--format gguf).
     #[command(allow_negative_numbers = true)]
     Prune(PruneArgs),
     /// Perplexity of a model (dense, pruned dense-equivalent, or compact) on a text or .npy token file.
@@ -42,7 +44,8 @@ enum Cmd {
     Sweep(SweepArgs),
     /// Merge the CSVs of several sweeps run with the same settings: tables, one CSV and the plots.
     Report(ReportArgs),
-    /// Write a .gguf (LLaMA) model as a dense HF directory (config.json, model.safetensors, tokenizer.json).
+    /// Write a .gguf model as a dense HF directory (config.json, model.safetensors, tokenizer.json), or
+    /// an HF directory (e.g. a pruned output) or .gguf as a GGUF file (--out X.gguf).
     Convert(ConvertArgs),
     /// Time the prune pipeline on seeded synthetic weights of a published OPT/LLaMA shape, with a
     /// phase breakdown and the physical floor.
@@ -176,19 +179,80 @@ fn report(a: ReportArgs) -> Result<()> {
 
 #[derive(Args)]
 struct ConvertArgs {
-    /// Input .gguf file (F32/F16/BF16/Q8_0/Q4_1 tensors are dequantized).
-    #[arg(long)]
-    gguf: PathBuf,
-    /// Output directory (written to a temporary directory beside it, then renamed).
+    /// Input model: a .gguf file (its tensors are dequantized), or an HF directory (e.g. a pruned
+    /// output) to write as GGUF.
+    #[arg(long, visible_alias = "gguf")]
+    model: PathBuf,
+    /// Output: an HF directory, or a .gguf file (written to a temporary path beside it, then renamed).
     #[arg(long)]
     out: PathBuf,
+    /// Output format; by default gguf when --out ends in .gguf, else hf.
+    #[arg(long, value_enum)]
+    format: Option<Format>,
     /// Output tensor dtype (f32, f16, bf16). By default the input's: f32, f16 and bf16 stay as they
     /// are; quantized tensors are written as f16.
     #[arg(long, value_parser = parse_dtype)]
     dtype: Option<DType>,
-    /// Replace an existing --out directory.
+    /// GGUF tensor type of the matrices (f32, f16, bf16, q8_0; norms and biases stay f32). Default:
+    /// --dtype, else the input's (a quantized input gives f16).
+    #[arg(long, value_parser = parse_gguf_type)]
+    gguf_type: Option<GgufType>,
+    /// Replace an existing --out.
     #[arg(long)]
     force: bool,
+}
+
+/// The output format of `prune` and `convert`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Format {
+    /// A Hugging Face directory (config.json, safetensors, tokenizer).
+    Hf,
+    /// One .gguf file that llama.cpp loads (attention at full width with zeroed pruned units).
+    Gguf,
+}
+
+fn parse_gguf_type(s: &str) -> Result<GgufType, String> {
+    GgufType::parse(s).ok_or_else(|| format!("unknown GGUF type {s:?} (f32, f16, bf16, q8_0)"))
+}
+
+/// The GGUF type asked for by --gguf-type or --dtype (None: the input's).
+fn gguf_type(gguf_type: Option<GgufType>, dtype: Option<DType>) -> Option<GgufType> {
+    gguf_type.or(dtype.map(job::gguf_type_of))
+}
+
+/// One line on a written GGUF: size, type, and the matrices Q8_0 could not hold.
+fn gguf_line(out: &Path, s: &fasp_engine::gguf_export::ExportSummary) -> String {
+    let mut line = format!(
+        "wrote {} ({}, GGUF {}, feed_forward_length {}, tokenizer from {})",
+        out.display(),
+        human_bytes(s.bytes),
+        s.ty.name(),
+        s.ffn,
+        s.tokenizer
+    );
+    if !s.f16_fallback.is_empty() {
+        line.push_str(&format!("; {} matrices with rows not a multiple of 32 written as f16", s.f16_fallback.len()));
+    }
+    line
+}
+
+fn convert(a: ConvertArgs) -> Result<()> {
+    let is_gguf_path = a.out.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf"));
+    match a.format.unwrap_or(if is_gguf_path { Format::Gguf } else { Format::Hf }) {
+        Format::Gguf => {
+            let s = job::run_convert_gguf(&a.model, &a.out, gguf_type(a.gguf_type, a.dtype), a.force)?;
+            println!("{}", gguf_line(&a.out, &s));
+        }
+        Format::Hf => {
+            if a.gguf_type.is_some() {
+                anyhow::bail!("--gguf-type needs a GGUF output (--format gguf or an --out ending in .gguf)");
+            }
+            let n = job::run_convert(&a.model, &a.out, a.dtype, a.force)?;
+            let size = fasp_engine::output::dir_bytes(&a.out).map_or_else(|e| format!("size unknown: {e}"), human_bytes);
+            println!("wrote {} ({n} parameters, {size})", a.out.display());
+        }
+    }
+    Ok(())
 }
 
 const BENCH_ABOUT: &str = "Time the prune pipeline on seeded synthetic weights of a published OPT/LLaMA shape.\n\n\
@@ -236,10 +300,19 @@ struct PruneArgs {
     /// Input model: an HF directory (config.json + model.safetensors or a sharded index) or a .gguf file.
     #[arg(long)]
     model: PathBuf,
-    /// Output directory. Written to a temporary directory beside it and renamed into place at the end.
-    /// It may not be, contain or lie inside an input (model, calibration or --eval file).
+    /// Output directory (or .gguf file with --format gguf). Written to a temporary directory beside
+    /// it and renamed into place at the end. It may not be, contain or lie inside an input (model,
+    /// calibration or --eval file).
     #[arg(long)]
     out: PathBuf,
+    /// Output format: hf (a directory) or gguf (one file that llama.cpp loads; attention keeps its
+    /// full width with the pruned value units zeroed).
+    #[arg(long, value_enum, default_value_t = Format::Hf)]
+    format: Format,
+    /// With --format gguf: the tensor type of the matrices (f32, f16, bf16, q8_0; norms and biases
+    /// stay f32). Default: --dtype, else the input's (a quantized input gives f16).
+    #[arg(long, value_parser = parse_gguf_type)]
+    gguf_type: Option<GgufType>,
     /// Fraction of the units of every pair to remove, in [0, 1). Pruned p = floor(n*s + 0.5).
     #[arg(long, default_value_t = 0.2)]
     sparsity: f64,
@@ -413,6 +486,11 @@ fn parse_dtype(s: &str) -> Result<DType, String> {
 }
 
 fn prune(a: PruneArgs) -> Result<()> {
+    let format = match (a.format, a.gguf_type) {
+        (Format::Hf, Some(_)) => anyhow::bail!("--gguf-type needs --format gguf"),
+        (Format::Hf, None) => job::OutFormat::Hf,
+        (Format::Gguf, t) => job::OutFormat::Gguf(gguf_type(t, a.dtype)),
+    };
     let job = PruneJob {
         model: a.model,
         out: a.out,
@@ -435,6 +513,7 @@ fn prune(a: PruneArgs) -> Result<()> {
         progress: !a.quiet && !a.json,
         eval: a.eval.map(|path| job::EvalSpec { path, seqlen: a.eval_seqlen, max_windows: a.eval_windows, dense: a.eval_dense }),
         resume: a.resume,
+        format,
     };
     let settings = job::PlanSettings { max_gpu_mem: a.plan.max_gpu_mem, paper: a.paper };
     if a.plan.plan_only {
@@ -493,6 +572,10 @@ fn prune(a: PruneArgs) -> Result<()> {
     }
     if let (Some(d), Some(p)) = (&s.ppl_dense, &s.ppl_pruned) {
         println!("ppl change: {:+.2}%", 100.0 * (p.ppl / d.ppl - 1.0));
+    }
+    if let Some(g) = &s.gguf {
+        println!("{}", gguf_line(&job.out, g));
+        return Ok(());
     }
     let dtype = job
         .dtype
@@ -716,12 +799,7 @@ fn main() -> ExitCode {
         Cmd::Inspect(a) => inspect(a),
         Cmd::Sweep(a) => sweep(a),
         Cmd::Report(a) => report(a),
-        Cmd::Convert(a) => job::run_convert(&a.gguf, &a.out, a.dtype, a.force)
-            .map(|n| {
-                let size = fasp_engine::output::dir_bytes(&a.out).map_or_else(|e| format!("size unknown: {e}"), human_bytes);
-                println!("wrote {} ({n} parameters, {size})", a.out.display());
-            })
-            .map_err(Into::into),
+        Cmd::Convert(a) => convert(a),
         Cmd::Bench(a) => bench(a),
     };
     match r {

@@ -8,7 +8,7 @@
 
 use crate::error::{FaspError, Result};
 use crate::model::arch::{attn_columns, AttnBiases, Role};
-use crate::model::{DType, LayerWeights, Model, TOKENIZER_FILES};
+use crate::model::{DType, LayerWeights, Linear, Model, ModelConfig, TOKENIZER_FILES};
 use crate::tensor::Mat;
 use safetensors::tensor::TensorView;
 use std::collections::BTreeMap;
@@ -54,8 +54,21 @@ fn absolute(p: &Path) -> PathBuf {
     }
 }
 
+/// What an output is: an HF directory or a single file (`.gguf`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutKind {
+    Dir,
+    File,
+}
+
 /// Checks `out` against the input and `--force`, without touching anything.
 pub fn check_out(out: &Path, input: &Path, force: bool) -> Result<()> {
+    check_out_kind(out, input, force, OutKind::Dir)
+}
+
+/// [`check_out`] for an output of `kind`: an existing `out` of the other kind is refused even
+/// with `--force`.
+pub fn check_out_kind(out: &Path, input: &Path, force: bool, kind: OutKind) -> Result<()> {
     let out_abs = absolute(out);
     let in_abs = std::fs::canonicalize(input).unwrap_or_else(|_| absolute(input));
     if out_abs == in_abs || in_abs.starts_with(&out_abs) {
@@ -64,8 +77,11 @@ pub fn check_out(out: &Path, input: &Path, force: bool) -> Result<()> {
     if out_abs.exists() && !force {
         return Err(out_err(out, "already exists (use --force to replace it)"));
     }
-    if out_abs.exists() && !out_abs.is_dir() {
+    if out_abs.exists() && !out_abs.is_dir() && kind == OutKind::Dir {
         return Err(out_err(out, "exists and is not a directory"));
+    }
+    if out_abs.is_dir() && kind == OutKind::File {
+        return Err(out_err(out, "is a directory; a .gguf output is a file path"));
     }
     let parent = out_abs.parent().ok_or_else(|| out_err(out, "has no parent directory"))?;
     if !parent.is_dir() {
@@ -234,7 +250,13 @@ impl OutClaim {
     /// `keep_checkpoints`, stale temporary directories holding a checkpoint are kept, newest first,
     /// in `resumable`.
     pub fn acquire(out: &Path, input: &Path, force: bool, keep_checkpoints: bool) -> Result<OutClaim> {
-        check_out(out, input, force)?;
+        Self::acquire_kind(out, input, force, keep_checkpoints, OutKind::Dir)
+    }
+
+    /// [`OutClaim::acquire`] for an output of `kind` (a `.gguf` file: its temporary directory
+    /// beside it holds the checkpoint and the file being assembled).
+    pub fn acquire_kind(out: &Path, input: &Path, force: bool, keep_checkpoints: bool, kind: OutKind) -> Result<OutClaim> {
+        check_out_kind(out, input, force, kind)?;
         let lock = OutLock::acquire(out)?;
         let (parent, name) = split_out(out)?;
         let mut resumable = Vec::new();
@@ -258,7 +280,7 @@ impl OutClaim {
         }
         resumable.sort_by_key(|p| std::cmp::Reverse(crate::checkpoint::modified(p)));
         // the output may have changed before the lock was taken
-        check_out(out, input, force)?;
+        check_out_kind(out, input, force, kind)?;
         Ok(OutClaim { out: out.into(), parent, name, lock, resumable })
     }
 
@@ -439,6 +461,26 @@ class {class}({base}):
                     lin.bias = torch.nn.Parameter(torch.zeros(lin.out_features, dtype=lin.weight.dtype, device=lin.weight.device))
 "#;
 
+/// The dense-equivalent V and o_proj of a layer given in compact form (docs/spec.md §9): zero V
+/// rows (and bias entries) for the pruned units, the kept o_proj columns scattered back into the
+/// full context width with zeros elsewhere. A dense layer comes back unchanged.
+pub fn dense_equivalent_attn(cfg: &ModelConfig, lw: &LayerWeights) -> (Linear, Linear) {
+    let nv = cfg.v_width();
+    let mut vw = Mat::zeros(nv, cfg.hidden);
+    for (i, &u) in lw.v_units.iter().enumerate() {
+        vw.row_mut(u).copy_from_slice(lw.v.w.row(i));
+    }
+    let vb = lw.v.b.as_ref().map(|b| {
+        let mut full = vec![0.0; nv];
+        for (i, &u) in lw.v_units.iter().enumerate() {
+            full[u] = b[i];
+        }
+        full
+    });
+    let cols = attn_columns(cfg, &lw.v_units);
+    (Linear { w: vw, b: vb }, Linear { w: lw.o.w.scatter_cols(&cols, cfg.ctx_width()), b: lw.o.b.clone() })
+}
+
 /// Writes the pruned model layer by layer.
 pub struct ModelWriter {
     tmp: TempDir,
@@ -491,28 +533,7 @@ impl ModelWriter {
         self.o_bias_added |= lw.o.b.is_some() && !cfg.bias.o;
         self.down_bias_added |= lw.down.b.is_some() && !cfg.bias.down;
         self.params_compact += lw.param_count();
-        let nv = cfg.v_width();
-        let (v, o) = if self.compact {
-            (lw.v.clone(), lw.o.clone())
-        } else {
-            // dense-equivalent: zero V rows for pruned units, W2' scattered into the kept o_proj columns
-            let mut vw = Mat::zeros(nv, cfg.hidden);
-            for (i, &u) in lw.v_units.iter().enumerate() {
-                vw.row_mut(u).copy_from_slice(lw.v.w.row(i));
-            }
-            let vb = lw.v.b.as_ref().map(|b| {
-                let mut full = vec![0.0; nv];
-                for (i, &u) in lw.v_units.iter().enumerate() {
-                    full[u] = b[i];
-                }
-                full
-            });
-            let cols = attn_columns(cfg, &lw.v_units);
-            (
-                crate::model::Linear { w: vw, b: vb },
-                crate::model::Linear { w: lw.o.w.scatter_cols(&cols, cfg.ctx_width()), b: lw.o.b.clone() },
-            )
-        };
+        let (v, o) = if self.compact { (lw.v.clone(), lw.o.clone()) } else { dense_equivalent_attn(cfg, lw) };
         let dense_eq = LayerWeights { v: v.clone(), o: o.clone(), ..lw.clone() };
         self.params_dense_equivalent += dense_eq.param_count();
         self.kept_v.push(lw.v_units.clone());

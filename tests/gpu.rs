@@ -19,7 +19,7 @@ use fasp_engine::backend::cuda::{
 use fasp_engine::backend::{cpu::CpuBackend, Backend, PairJob, PairStats, PrunedPair, Scoring, StatsSummary};
 use fasp_engine::forward;
 use fasp_engine::job::{self, Device, EvalSpec};
-use fasp_engine::model::arch::attn_unit_columns;
+use fasp_engine::model::arch::{attn_unit_columns, NormKind};
 use fasp_engine::model::{LayerWeights, Linear, Model, ModelConfig, Norm};
 use fasp_engine::prune::Method;
 use fasp_engine::prune::{restore, score as cscore, select};
@@ -558,27 +558,31 @@ fn rand_linear(out: usize, inp: usize, bias: bool, seed: u64) -> Linear {
     Linear { w, b: bias.then(|| randv(out, seed + 1, -0.1, 0.1)) }
 }
 
+/// A random dense layer with every tensor the family's description gives it (per-projection
+/// biases, q/k norms, post-norms, gate); `(1+w)` norm weights are offsets around 0.
 fn rand_layer(cfg: &ModelConfig, seed: u64) -> LayerWeights {
-    let (d, hd) = (cfg.hidden, cfg.head_dim);
-    let bias = cfg.attn_bias;
-    let norm =
-        |s| Norm { w: randv(d, s, 0.8, 1.2), b: (cfg.family == fasp_engine::model::Family::Opt).then(|| randv(d, s + 1, -0.1, 0.1)) };
+    let a = cfg.arch();
+    let (d, hd, b) = (cfg.hidden, cfg.head_dim, cfg.bias);
+    let layer_norm = a.norm == NormKind::LayerNorm;
+    let (lo, hi) = if a.norm == NormKind::RmsNormPlusOne { (-0.3, 0.3) } else { (0.8, 1.2) };
+    let norm_of = |n: usize, s| Norm { w: randv(n, s, lo, hi), b: layer_norm.then(|| randv(n, s + 1, -0.1, 0.1)) };
+    let norm = |s| norm_of(d, s);
     LayerWeights {
         index: 0,
         attn_norm: norm(seed),
-        q: rand_linear(cfg.heads * hd, d, bias, seed + 2),
-        k: rand_linear(cfg.kv_heads * hd, d, bias, seed + 4),
-        v: rand_linear(cfg.kv_heads * hd, d, bias, seed + 6),
-        o: rand_linear(d, cfg.heads * hd, bias, seed + 8),
+        q: rand_linear(cfg.heads * hd, d, b.q, seed + 2),
+        k: rand_linear(cfg.kv_heads * hd, d, b.k, seed + 4),
+        v: rand_linear(cfg.kv_heads * hd, d, b.v, seed + 6),
+        o: rand_linear(d, cfg.heads * hd, b.o, seed + 8),
         v_units: (0..cfg.v_width()).collect(),
-        q_norm: None,
-        k_norm: None,
-        post_attn_norm: None,
+        q_norm: a.qk_norm.then(|| norm_of(hd, seed + 18)),
+        k_norm: a.qk_norm.then(|| norm_of(hd, seed + 20)),
+        post_attn_norm: a.post_norms.then(|| norm(seed + 22)),
         mlp_norm: norm(seed + 10),
         up: rand_linear(cfg.ffn, d, cfg.mlp_bias, seed + 12),
-        gate: (cfg.family == fasp_engine::model::Family::Llama).then(|| rand_linear(cfg.ffn, d, cfg.mlp_bias, seed + 14)),
-        down: rand_linear(d, cfg.ffn, cfg.mlp_bias, seed + 16),
-        post_mlp_norm: None,
+        gate: a.gated().then(|| rand_linear(cfg.ffn, d, cfg.mlp_bias, seed + 14)),
+        down: rand_linear(d, cfg.ffn, b.down, seed + 16),
+        post_mlp_norm: a.post_norms.then(|| norm(seed + 24)),
     }
 }
 
@@ -600,6 +604,27 @@ fn test_configs() -> Vec<(&'static str, ModelConfig)> {
             config(serde_json::json!({"model_type":"llama","hidden_size":64,"num_hidden_layers":1,"num_attention_heads":8,
                 "num_key_value_heads":1,"head_dim":16,"intermediate_size":72,"vocab_size":50})),
         ),
+        // q/k/v biases without an o_proj bias, every layer sliding with a window shorter than the windows
+        (
+            "qwen2-window",
+            config(serde_json::json!({"model_type":"qwen2","hidden_size":64,"num_hidden_layers":1,"num_attention_heads":4,
+                "num_key_value_heads":2,"head_dim":16,"intermediate_size":80,"vocab_size":50,"use_sliding_window":true,
+                "sliding_window":7,"max_window_layers":0})),
+        ),
+        (
+            "qwen3",
+            config(serde_json::json!({"model_type":"qwen3","hidden_size":64,"num_hidden_layers":1,"num_attention_heads":4,
+                "num_key_value_heads":2,"head_dim":16,"intermediate_size":48,"vocab_size":50})),
+        ),
+        // (1+w) norms, q/k norms, post-norms, GELU-tanh GLU, a sliding layer then a global one with
+        // their own rope bases, query_pre_attn_scalar
+        (
+            "gemma3",
+            config(serde_json::json!({"model_type":"gemma3_text","hidden_size":64,"num_hidden_layers":2,"num_attention_heads":4,
+                "num_key_value_heads":1,"head_dim":32,"intermediate_size":72,"vocab_size":50,"sliding_window":5,
+                "layer_types":["sliding_attention","full_attention"],"query_pre_attn_scalar":24,"rope_theta":1000000.0,
+                "rope_local_base_freq":10000.0,"final_logit_softcapping":30.0})),
+        ),
     ]
 }
 
@@ -617,6 +642,20 @@ fn forward_kernels_match_cpu(g: Arc<Gpu>) {
     let mut y = poison(&g, rows * d);
     fw::rmsnorm(&g, &dx, Some(&dgm), &mut y, rows, d, 1e-6).unwrap();
     check("rmsnorm", &down(&g, &y, rows * d), &f64v(&rms.data), F32_RED);
+    let offsets = randv(d, 39, -0.5, 0.5);
+    let dof = g.upload(&offsets, "offsets").unwrap();
+    let rms1 = forward::norm_as(&x, &Norm { w: offsets.clone(), b: None }, NormKind::RmsNormPlusOne, 1e-6);
+    let mut y = poison(&g, rows * d);
+    fw::rmsnorm_plus_one(&g, &dx, Some(&dof), &mut y, rows, d, 1e-6).unwrap();
+    check("rmsnorm (1+w)", &down(&g, &y, rows * d), &f64v(&rms1.data), F32_RED);
+    // in place over rows of 20 (the per-head q/k norms), both kinds
+    let hx = Mat::from_vec(rows * d / 20, 20, x.data.clone());
+    for (plus_one, kind) in [(false, NormKind::RmsNorm), (true, NormKind::RmsNormPlusOne)] {
+        let want = forward::norm_as(&hx, &Norm { w: offsets[..20].to_vec(), b: None }, kind, 1e-6);
+        let mut y = g.upload(&x.data, "x in place").unwrap();
+        fw::rmsnorm_in_place(&g, plus_one, &dof, &mut y, rows * d / 20, 20, 1e-6).unwrap();
+        check(&format!("{kind:?} in place"), &down(&g, &y, rows * d), &f64v(&want.data), F32_RED);
+    }
     // rotary, with the host's table and with the kernel's own frequencies
     let (heads, hd, seqlen, theta) = (3usize, 16usize, 12usize, 10000.0f32);
     let q = Mat::from_vec(36, heads * hd, randv(36 * heads * hd, 34, -1.0, 1.0));
@@ -644,6 +683,13 @@ fn forward_kernels_match_cpu(g: Arc<Gpu>) {
     let mut u = g.upload(&b, "up").unwrap();
     fw::silu_mul_into_up(&g, &da, &mut u, n).unwrap();
     check("silu_mul in place", &down(&g, &u, n), &want, F32_EW);
+    let want: Vec<f64> = a.iter().zip(&b).map(|(&gv, &u)| (u * forward::gelu_tanh(gv)) as f64).collect();
+    let mut o = poison(&g, n);
+    fw::gelu_tanh_mul(&g, &da, &db, &mut o, n).unwrap();
+    check("gelu_tanh_mul", &down(&g, &o, n), &want, F32_EW);
+    let mut u = g.upload(&b, "up").unwrap();
+    fw::gelu_tanh_mul_into_up(&g, &da, &mut u, n).unwrap();
+    check("gelu_tanh_mul in place", &down(&g, &u, n), &want, F32_EW);
     let mut o = poison(&g, n);
     fw::add(&g, &da, &db, &mut o, n).unwrap();
     check("add", &down(&g, &o, n), &a.iter().zip(&b).map(|(x, y)| (x + y) as f64).collect::<Vec<_>>(), F32_EXACT);
@@ -690,38 +736,56 @@ fn forward_kernels_match_cpu(g: Arc<Gpu>) {
     check("embed bf16", &down(&g, &out, ids.len() * dd), &want, F32_EXACT);
 }
 
+/// Both halves of a layer and its residual branches, per test config and per layer (Gemma-3's
+/// sliding and global layers differ in window and rope base), against the CPU forward.
 fn attention_and_mlp_halves_match_cpu(g: Arc<Gpu>) {
     for (name, cfg) in test_configs() {
         let (seqlen, nwin) = (24usize, 3usize);
-        let lw = rand_layer(&cfg, 40);
-        let x = Mat::from_vec(nwin * seqlen, cfg.hidden, randv(nwin * seqlen * cfg.hidden, 41, -1.0, 1.0));
-        let want = forward::attn_context(&cfg, &lw, &x, seqlen);
-        let mut cache = fasp_engine::backend::cuda::weights::TensorCache::default();
-        let w = layer::AttnWeights {
-            norm: cache.norm(&g, &lw.attn_norm, "n").unwrap(),
-            q: cache.linear(&g, &lw.q, "q").unwrap(),
-            k: cache.linear(&g, &lw.k, "k").unwrap(),
-            v: cache.linear(&g, &lw.v, "v").unwrap(),
-        };
-        let inv = g.upload(&layer::inv_freq(&cfg), "inv_freq").unwrap();
-        let dx = g.upload(&x.data, "x").unwrap();
-        // sub-batches of 1 and of all windows
-        for attn_w in [1, nwin] {
-            let mut sc = layer::AttnScratch::new(&g, &cfg, seqlen, nwin, attn_w).unwrap();
-            let mut ctx = poison(&g, want.data.len());
-            layer::attn_context(&g, &cfg, &w, Some(&inv), &dx, nwin, seqlen, &mut sc, &mut ctx).unwrap();
-            check(&format!("{name} attention context (sub-batch {attn_w})"), &down(&g, &ctx, want.data.len()), &f64v(&want.data), F32_RED);
+        for l in 0..cfg.layers {
+            let name = format!("{name} layer {l}");
+            let lw = LayerWeights { index: l, ..rand_layer(&cfg, 40) };
+            let x = Mat::from_vec(nwin * seqlen, cfg.hidden, randv(nwin * seqlen * cfg.hidden, 41, -1.0, 1.0));
+            let want = forward::attn_context(&cfg, &lw, &x, seqlen);
+            let mut cache = fasp_engine::backend::cuda::weights::TensorCache::default();
+            let w = layer::AttnWeights {
+                index: l,
+                norm: cache.norm(&g, &lw.attn_norm, "n").unwrap(),
+                q: cache.linear(&g, &lw.q, "q").unwrap(),
+                k: cache.linear(&g, &lw.k, "k").unwrap(),
+                v: cache.linear(&g, &lw.v, "v").unwrap(),
+                q_norm: lw.q_norm.as_ref().map(|n| cache.norm(&g, n, "q_norm").unwrap()),
+                k_norm: lw.k_norm.as_ref().map(|n| cache.norm(&g, n, "k_norm").unwrap()),
+            };
+            let inv = g.upload(&layer::inv_freq(&cfg, l), "inv_freq").unwrap();
+            let dx = g.upload(&x.data, "x").unwrap();
+            // sub-batches of 1 and of all windows
+            for attn_w in [1, nwin] {
+                let mut sc = layer::AttnScratch::new(&g, &cfg, seqlen, nwin, attn_w).unwrap();
+                let mut ctx = poison(&g, want.data.len());
+                layer::attn_context(&g, &cfg, &w, Some(&inv), &dx, nwin, seqlen, &mut sc, &mut ctx).unwrap();
+                let got = down(&g, &ctx, want.data.len());
+                check(&format!("{name} attention context (sub-batch {attn_w})"), &got, &f64v(&want.data), F32_RED);
+            }
+            let act = forward::mlp_act(&cfg, &lw, &x);
+            let mw = layer::MlpWeights {
+                norm: cache.norm(&g, &lw.mlp_norm, "n").unwrap(),
+                up: cache.linear(&g, &lw.up, "up").unwrap(),
+                gate: lw.gate.as_ref().map(|gw| cache.linear(&g, gw, "gate").unwrap()),
+            };
+            let mut sc = layer::MlpScratch::new(&g, &cfg, seqlen, nwin, cfg.ffn, mw.gate.is_some()).unwrap();
+            g.upload_into(&vec![f32::NAN; act.data.len()], &mut sc.act, "poison").unwrap();
+            layer::mlp_act(&g, &cfg, &mw, &dx, nwin * seqlen, &mut sc).unwrap();
+            check(&format!("{name} MLP activation"), &down(&g, &sc.act, act.data.len()), &f64v(&act.data), F32_RED);
+            // the MLP's residual branch: down_proj (+ bias), the post-norm where the family has one, the add
+            let want = forward::mlp_residual(&cfg, &lw, &x, &act);
+            let dn = cache.linear(&g, &lw.down, "down").unwrap();
+            let post = lw.post_mlp_norm.as_ref().map(|n| cache.norm(&g, n, "post").unwrap());
+            let mut h = g.upload(&x.data, "h").unwrap();
+            let dact = g.upload(&act.data, "act").unwrap();
+            layer::linear(&g, &dn, &dact, &mut sc.tmp, nwin * seqlen).unwrap();
+            layer::residual(&g, &cfg, post.as_ref(), &mut sc, &mut h, nwin * seqlen).unwrap();
+            check(&format!("{name} MLP residual"), &down(&g, &h, want.data.len()), &f64v(&want.data), F32_RED);
         }
-        let act = forward::mlp_act(&cfg, &lw, &x);
-        let mw = layer::MlpWeights {
-            norm: cache.norm(&g, &lw.mlp_norm, "n").unwrap(),
-            up: cache.linear(&g, &lw.up, "up").unwrap(),
-            gate: lw.gate.as_ref().map(|gw| cache.linear(&g, gw, "gate").unwrap()),
-        };
-        let mut sc = layer::MlpScratch::new(&g, &cfg, seqlen, nwin, cfg.ffn, mw.gate.is_some()).unwrap();
-        g.upload_into(&vec![f32::NAN; act.data.len()], &mut sc.act, "poison").unwrap();
-        layer::mlp_act(&g, &cfg, &mw, &dx, nwin * seqlen, &mut sc).unwrap();
-        check(&format!("{name} MLP activation"), &down(&g, &sc.act, act.data.len()), &f64v(&act.data), F32_RED);
     }
 }
 
@@ -773,12 +837,56 @@ fn test_job<'a>(layer: usize, fasp: bool, w2: &'a Linear, units: &'a [Vec<usize>
     }
 }
 
+/// The family fixtures of docs/spec.md §11 (as tests/families.rs): Llama-3 rope scaling, Mistral's
+/// sliding window (shorter than the sequence), Qwen2's q/k/v biases, Qwen3's q/k norms, Gemma-3.
+const FAMILIES: &[&str] = &["llama3", "mistral", "qwen2", "qwen3", "gemma3"];
+
+/// The dense calibration forward on the device (every pair skipped, the hidden states chunked one
+/// window at a time) against the CPU forward on every family fixture: the hidden states after each
+/// layer, and the logits of the device's last hidden states (final norm, head and soft-cap are host
+/// work, as in the pipeline) against the CPU's evaluation forward (which embeds with the scale).
+fn dense_forward_matches_cpu(g: Arc<Gpu>) {
+    for name in FAMILIES {
+        let model = Model::open(&fixture(name)).unwrap();
+        let cfg = &model.cfg;
+        let (shape, ids) = reference_ids(name, "calib_ids");
+        let seqlen = shape[1];
+        let inps = forward::embed(cfg, &model.embedding().unwrap(), model.positions().unwrap().as_ref(), &ids, seqlen);
+        let mut gb = CudaBackend::with_gpu(g.clone()).unwrap();
+        gb.chunk_tokens = seqlen;
+        let mut h = inps.clone();
+        let mut input = gb.begin(inps, seqlen).unwrap();
+        let mut worst = 0.0f64;
+        for l in 0..cfg.layers {
+            let lw = model.layer(l).unwrap();
+            let st = gb.attn_stats(input, cfg, &lw).unwrap();
+            let done = gb.skip_attn(st);
+            let ctx_cols: Vec<usize> = (0..cfg.ctx_width()).collect();
+            let st = gb.mlp_stats(done, cfg, &lw, &ctx_cols).unwrap();
+            let done = gb.skip_mlp(st);
+            let mlp_cols: Vec<usize> = (0..lw.ffn()).collect();
+            input = gb.advance(done, cfg, &lw, &mlp_cols).unwrap();
+            h = forward::layer(cfg, &lw, &h, seqlen);
+            let got = gb.hidden().unwrap().unwrap();
+            worst = worst.max(rel_max_err(&got.data, &h.data));
+            check(&format!("{name} l{l} dense layer output"), &got.data, &f64v(&h.data), (1e-3, 1e-3));
+        }
+        let _ = input;
+        let last = gb.hidden().unwrap().unwrap();
+        let got = forward::logits(cfg, &model.final_norm().unwrap(), &model.lm_head().unwrap(), &last);
+        let want = fasp_engine::eval::logits(&model, &ids, seqlen).unwrap();
+        let e = rel_max_err(&got.data, &want.data);
+        check(&format!("{name} logits"), &got.data, &f64v(&want.data), (1e-3, 1e-3));
+        println!("{name}: dense device forward vs CPU: layer outputs max|Δ|/max|ref| ≤ {worst:.2e}, logits {e:.2e}");
+    }
+}
+
 /// Every layer of each fixture through both backends step by step (the seam's typed order), with
 /// the pairs pruned by each backend on its own statistics: FASP with restoration on even layers,
 /// host scores (wanda-sp's, from the summary) without restoration on odd ones. Each backend goes
 /// on with its own pruned weights; hidden states are compared after every layer.
 fn backend_steps_match_cpu(g: Arc<Gpu>) {
-    for name in MODELS {
+    for name in MODELS.iter().chain(FAMILIES) {
         let model = Model::open(&fixture(name)).unwrap();
         let cfg = &model.cfg;
         let (shape, ids) = reference_ids(name, "calib_ids");
@@ -928,6 +1036,64 @@ fn whole_prune_matches_cpu(g: Arc<Gpu>) {
     }
 }
 
+/// `prune` on the device against the CPU backend on every family fixture, for FASP and for FLAP
+/// (whose compensation adds the down_proj (and, where whole heads go, o_proj) biases these
+/// families lack, so the device runs layers with biases the family has no switch for): identical kept sets, the same λ and retries, restored
+/// weights and compensation biases within 1e-3 relative, pruned perplexity within 0.1%.
+fn families_prune_matches_cpu(g: Arc<Gpu>) {
+    let (device, label) = match g.kind() {
+        DeviceKind::Cuda => (Device::Cuda, "cuda"),
+        DeviceKind::Emu => (Device::Emu, "emu"),
+    };
+    for name in FAMILIES {
+        for method in [Method::Fasp, Method::Flap] {
+            let what = format!("{name} {}", method.name());
+            let dir = tempfile::tempdir().unwrap();
+            let run = |device: Device, sub: &str| {
+                let mut j = job(name, &dir.path().join(sub), 0.25);
+                j.device = device;
+                j.prune.method = method;
+                j.eval = Some(EvalSpec { path: fixture("eval.txt"), seqlen: 16, max_windows: Some(4), dense: false });
+                job::run_prune(&j).unwrap_or_else(|e| panic!("{what} on {sub}: {e}"))
+            };
+            let (cpu, dev) = (run(Device::Cpu, "cpu"), run(device, "dev"));
+            assert!(dev.report.backend.starts_with(label), "{}", dev.report.backend);
+            let (mc, mg) = (Model::open(&dir.path().join("cpu")).unwrap(), Model::open(&dir.path().join("dev")).unwrap());
+            let mut max_rel = 0.0f64;
+            for (l, (rc, rg)) in cpu.report.layers.iter().zip(&dev.report.layers).enumerate() {
+                for (pair, a, b) in [("attn", &rc.attn, &rg.attn), ("mlp", &rc.mlp, &rg.mlp)] {
+                    assert_eq!(a.kept_units, b.kept_units, "{what} l{l} {pair}: kept units");
+                    if let (Some(x), Some(y)) = (a.lambda, b.lambda) {
+                        assert!((x - y).abs() <= 1e-4 * x.abs(), "{what} l{l} {pair} λ {x} vs {y}");
+                    }
+                    assert_eq!(a.cholesky_retries, b.cholesky_retries, "{what} l{l} {pair} retries");
+                }
+                let (lc, lg) = (mc.layer(l).unwrap(), mg.layer(l).unwrap());
+                for (t, c, d) in [("o_proj", &lc.o, &lg.o), ("down_proj", &lc.down, &lg.down)] {
+                    let e = rel_fro(&d.w.data, &c.w.data);
+                    max_rel = max_rel.max(e);
+                    assert!(e <= 1e-3, "{what} l{l} {t} restored rel err {e:.2e}");
+                    assert_eq!(c.b.is_some(), d.b.is_some(), "{what} l{l} {t} bias");
+                    if let (Some(bc), Some(bd)) = (&c.b, &d.b) {
+                        let e = rel_fro(bd, bc);
+                        max_rel = max_rel.max(e);
+                        assert!(e <= 1e-3, "{what} l{l} {t} bias rel err {e:.2e}");
+                    }
+                }
+            }
+            if method == Method::Flap {
+                // these families have no down_proj bias: the compensation adds one, and the device's
+                // `advance` ran the layer with it
+                assert!(mc.layer(0).unwrap().down.b.is_some(), "{what}: FLAP's compensation adds a down_proj bias");
+            }
+            let (pc, pg) = (cpu.ppl_pruned.as_ref().unwrap().ppl, dev.ppl_pruned.as_ref().unwrap().ppl);
+            let rel = (pg - pc).abs() / pc;
+            println!("{what}: kept sets identical, max rel W/b {max_rel:.2e}, ppl cpu {pc:.6} {label} {pg:.6} (rel {rel:.1e})");
+            assert!(rel <= 1e-3, "{what}: perplexity {pg} ({label}) vs {pc} (cpu)");
+        }
+    }
+}
+
 #[test]
 fn device_cuda_without_a_driver_fails_with_one_clear_line() {
     if cuda_usable().is_ok() {
@@ -1001,4 +1167,6 @@ on_devices!(
     attention_and_mlp_halves_match_cpu,
     backend_steps_match_cpu,
     whole_prune_matches_cpu,
+    dense_forward_matches_cpu,
+    families_prune_matches_cpu,
 );

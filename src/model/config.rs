@@ -391,37 +391,6 @@ impl ModelConfig {
             self.rope
         }
     }
-    /// Features of this model the CUDA forward does not implement yet, as one sentence (None: all supported).
-    pub fn cuda_unsupported(&self) -> Option<String> {
-        let a = self.arch();
-        let mut missing = Vec::new();
-        if a.norm == super::arch::NormKind::RmsNormPlusOne {
-            missing.push("(1+w) RMSNorm");
-        }
-        if a.post_norms {
-            missing.push("post-attention/post-MLP norms");
-        }
-        if a.qk_norm {
-            missing.push("q/k norms");
-        }
-        if a.activation == super::arch::Activation::GeluTanhGlu {
-            missing.push("GELU-tanh GLU");
-        }
-        if self.windows.iter().any(|w| w.is_some()) {
-            missing.push("sliding-window attention");
-        }
-        if self.rope != self.rope_local {
-            missing.push("per-layer rope bases");
-        }
-        if (self.attn_scale - (self.head_dim as f64).powf(-0.5) as f32).abs() > 0.0 {
-            missing.push("a custom attention scale");
-        }
-        if self.bias.q != self.bias.o || self.bias.k != self.bias.o || self.bias.v != self.bias.o {
-            missing.push("per-projection attention biases");
-        }
-        (!missing.is_empty())
-            .then(|| format!("the CUDA backend does not implement {} of {} yet; use --device cpu", missing.join(", "), self.family.name()))
-    }
 }
 
 /// OPT's config checks (docs/spec.md §1): pre-LN only, no projections, affine LayerNorm.

@@ -56,6 +56,7 @@ pub fn job(model: &str, out: &Path, sparsity: f64) -> PruneJob {
         progress: false,
         eval: None,
         resume: false,
+        format: Default::default(),
     }
 }
 

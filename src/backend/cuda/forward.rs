@@ -1,6 +1,7 @@
-//! Thin wrappers of the forward kernels: `norm.cu` (LayerNorm, RMSNorm), `rope.cu` (rotary),
-//! `attention.cu` (causal softmax, head split/merge), `elementwise.cu` (ReLU, SiLU·mul, adds,
-//! bias, bf16 conversion, the non-finite check) and `embed.cu` (token gather, OPT positions).
+//! Thin wrappers of the forward kernels: `norm.cu` (LayerNorm, RMSNorm, `(1+w)` RMSNorm), `rope.cu`
+//! (rotary), `attention.cu` (causal and sliding-window softmax, head split/merge), `elementwise.cu`
+//! (ReLU, SiLU·mul, GELU-tanh·mul, adds, bias, bf16 conversion, the non-finite check) and `embed.cu`
+//! (token gather, OPT positions).
 //! Each function launches one kernel with the launch shape of cuda/KERNELS.md on the compute
 //! stream, after checking the buffer sizes; nothing here synchronises except `all_finite`.
 
@@ -62,6 +63,54 @@ pub fn rmsnorm(
     launch!(gpu, "norm", "fasp_rmsnorm_f32", norm_cfg(rows), [px, pw, py, r, dd, eps])
 }
 
+/// `fasp_rmsnorm_plus_one_f32`: `y = (x / sqrt(mean(x²) + eps)) · (1 + w)` per row (Gemma's norm).
+pub fn rmsnorm_plus_one(
+    gpu: &Gpu,
+    x: &impl DevicePtr<f32>,
+    weight: Option<&dyn DevicePtrF32>,
+    y: &mut impl DevicePtrMut<f32>,
+    rows: usize,
+    d: usize,
+    eps: f32,
+) -> Result<()> {
+    need(x, rows * d, "rmsnorm (1+w) x")?;
+    need(y, rows * d, "rmsnorm (1+w) y")?;
+    if rows == 0 {
+        return Ok(());
+    }
+    let px = x.addr();
+    let pw = opt_ptr(weight, d, "rmsnorm (1+w) weight")?;
+    let py = y.addr_mut();
+    let (r, dd) = (c_int(rows, "rows")?, c_int(d, "d")?);
+    launch!(gpu, "norm", "fasp_rmsnorm_plus_one_f32", norm_cfg(rows), [px, pw, py, r, dd, eps])
+}
+
+/// `fasp_rmsnorm_f32` (or `fasp_rmsnorm_plus_one_f32` with `plus_one`) in place on `x[rows][d]`
+/// (the kernels allow `y = x`): the per-head q/k norms, rows of `head_dim` over the projection output.
+pub fn rmsnorm_in_place(
+    gpu: &Gpu,
+    plus_one: bool,
+    weight: &dyn DevicePtrF32,
+    x: &mut impl DevicePtrMut<f32>,
+    rows: usize,
+    d: usize,
+    eps: f32,
+) -> Result<()> {
+    need(x, rows * d, "rmsnorm in place x")?;
+    if rows == 0 {
+        return Ok(());
+    }
+    let pw = opt_ptr(Some(weight), d, "rmsnorm in place weight")?;
+    let px = x.addr_mut();
+    let py = px;
+    let (r, dd) = (c_int(rows, "rows")?, c_int(d, "d")?);
+    if plus_one {
+        launch!(gpu, "norm", "fasp_rmsnorm_plus_one_f32", norm_cfg(rows), [px, pw, py, r, dd, eps])
+    } else {
+        launch!(gpu, "norm", "fasp_rmsnorm_f32", norm_cfg(rows), [px, pw, py, r, dd, eps])
+    }
+}
+
 /// `fasp_rope_f32`, in place on `x[ntok][ld]`, heads at columns `h*head_dim`; position `t % seqlen`;
 /// `inv_freq` (head_dim/2 values) or the kernel's own `1/theta^(2i/hd)`.
 #[allow(clippy::too_many_arguments)]
@@ -104,6 +153,23 @@ pub fn softmax_causal(gpu: &Gpu, s: &mut impl DevicePtrMut<f32>, nmat: usize, l:
     let (nm, ll) = (c_int(nmat, "nmat")?, c_int(l, "L")?);
     let grid = rows.min(i32::MAX as usize) as u32;
     launch!(gpu, "attention", "fasp_attention_softmax_causal_f32", cfg((grid, 1, 1), (256, 1, 1)), [ps, nm, ll, scale])
+}
+
+/// `fasp_attention_softmax_window_f32`, in place on `s[nmat][L][L]`: row i becomes
+/// softmax(scale·s[i][j]) over `i − window < j ≤ i` and zeros elsewhere (a sliding window).
+pub fn softmax_window(gpu: &Gpu, s: &mut impl DevicePtrMut<f32>, nmat: usize, l: usize, scale: f32, window: usize) -> Result<()> {
+    if window == 0 {
+        return Err(crate::FaspError::Cuda("softmax_window: the sliding window must be at least 1".into()));
+    }
+    need(s, nmat * l * l, "softmax scores")?;
+    let rows = nmat * l;
+    if rows == 0 {
+        return Ok(());
+    }
+    let ps = s.addr_mut();
+    let (nm, ll, w) = (c_int(nmat, "nmat")?, c_int(l, "L")?, c_int(window.min(l), "window")?);
+    let grid = rows.min(i32::MAX as usize) as u32;
+    launch!(gpu, "attention", "fasp_attention_softmax_window_f32", cfg((grid, 1, 1), (256, 1, 1)), [ps, nm, ll, scale, w])
 }
 
 /// `fasp_attention_split_heads_f32`: `src[batch*L][ld_src]` (head h at `col0 + h*hd`) →
@@ -213,6 +279,40 @@ pub fn silu_mul(gpu: &Gpu, gate: &impl DevicePtr<f32>, up: &impl DevicePtr<f32>,
     let po = out.addr_mut();
     let nn = n as i64;
     launch!(gpu, "elementwise", "fasp_silu_mul_f32", ew_cfg(n), [pg, pu, po, nn])
+}
+
+/// `fasp_gelu_tanh_mul_f32` with the output written over `up`: `up = up · gelu_tanh(gate)`.
+pub fn gelu_tanh_mul_into_up(gpu: &Gpu, gate: &impl DevicePtr<f32>, up: &mut impl DevicePtrMut<f32>, n: usize) -> Result<()> {
+    need(gate, n, "gelu gate")?;
+    need(up, n, "gelu up")?;
+    if n == 0 {
+        return Ok(());
+    }
+    let pg = gate.addr();
+    let pu = up.addr_mut();
+    let (po, nn) = (pu, n as i64);
+    launch!(gpu, "elementwise", "fasp_gelu_tanh_mul_f32", ew_cfg(n), [pg, pu, po, nn])
+}
+
+/// `fasp_gelu_tanh_mul_f32`: `out = up · gelu_tanh(gate)`.
+pub fn gelu_tanh_mul(
+    gpu: &Gpu,
+    gate: &impl DevicePtr<f32>,
+    up: &impl DevicePtr<f32>,
+    out: &mut impl DevicePtrMut<f32>,
+    n: usize,
+) -> Result<()> {
+    need(gate, n, "gelu gate")?;
+    need(up, n, "gelu up")?;
+    need(out, n, "gelu out")?;
+    if n == 0 {
+        return Ok(());
+    }
+    let pg = gate.addr();
+    let pu = up.addr();
+    let po = out.addr_mut();
+    let nn = n as i64;
+    launch!(gpu, "elementwise", "fasp_gelu_tanh_mul_f32", ew_cfg(n), [pg, pu, po, nn])
 }
 
 /// `fasp_add_f32`: `out = a + b`.

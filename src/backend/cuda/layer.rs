@@ -1,9 +1,23 @@
 //! The GPU forward of one decoder layer over a chunk of whole calibration windows, composed from
-//! the wrappers (safe Rust only). It mirrors `crate::forward` step by step so the two agree to
-//! fp32 rounding: norm → Q/K/V (cuBLAS, + bias) → rotary (LLaMA, with the host's `inv_freq`
-//! table) → per sub-batch of windows: split heads (GQA repeat) → `S = scale·QKᵀ` (batched GEMM) →
-//! causal softmax → `PV` (batched GEMM) → merge heads into the context columns; and for the
-//! MLP half: norm → up (+ gate, SiLU·mul, or ReLU).
+//! the wrappers (safe Rust only). It reads the family's description (`model::arch::Arch`, through
+//! the config) exactly where the CPU forward (`crate::forward`) does, and mirrors it step by step
+//! so the two agree to fp32 rounding:
+//!
+//! - attention half: norm of the family's kind (LayerNorm, RMSNorm, `(1+w)` RMSNorm) → Q/K/V
+//!   (cuBLAS, + whichever of the q/k/v biases the layer has) → per-head q/k norms (Qwen3,
+//!   Gemma-3: the norm kernels over rows of `head_dim`) → rotary with the layer's own `inv_freq`
+//!   table ([`inv_freq`]: per-layer-type bases, rope scaling) → per sub-batch of windows: split
+//!   heads (GQA repeat) → `S = scale·QKᵀ` (batched GEMM; `scale` is the config's, `head_dim^-0.5`
+//!   or `query_pre_attn_scalar^-0.5`) → causal softmax, or the sliding-window one on the layer's
+//!   window → `PV` (batched GEMM) → merge heads into the context columns;
+//! - MLP half: norm → up (+ gate, SiLU·mul or GELU-tanh·mul, or ReLU);
+//! - residual branches ([`residual`]): the o_proj / down_proj output, through the family's post-norm
+//!   where it has one (Gemma-3), added to the hidden states.
+//!
+//! The embedding scale (`√d`, Gemma-3) and the final logit soft-cap are not device work: the
+//! pipeline embeds on the host (`forward::embed`) before `Backend::begin`, and logits and
+//! perplexity are computed on the host (`eval`) from the CPU forward, for calibration and
+//! evaluation alike.
 
 use super::blas;
 use super::context::Gpu;
@@ -11,11 +25,14 @@ use super::context::{DeviceBuf, DevicePtr, DevicePtrMut, DeviceSlice};
 use super::forward as fw;
 use super::weights::{DevLinear, DevNorm};
 use crate::error::{FaspError, Result};
+use crate::model::arch::{Activation, NormKind};
 use crate::model::ModelConfig;
 
-/// `y = norm(x)`: LayerNorm when the norm has a bias (OPT), RMSNorm otherwise (as the CPU).
+/// `y = norm(x)` of the family's kind (as `forward::norm_as`), per `d`-wide row.
+#[allow(clippy::too_many_arguments)]
 pub fn norm(
     gpu: &Gpu,
+    kind: NormKind,
     n: &DevNorm,
     x: &impl DevicePtr<f32>,
     y: &mut impl DevicePtrMut<f32>,
@@ -23,9 +40,10 @@ pub fn norm(
     d: usize,
     eps: f32,
 ) -> Result<()> {
-    match &n.b {
-        Some(b) => fw::layernorm(gpu, x, Some(&*n.w), Some(&**b), y, rows, d, eps),
-        None => fw::rmsnorm(gpu, x, Some(&*n.w), y, rows, d, eps),
+    match kind {
+        NormKind::LayerNorm => fw::layernorm(gpu, x, Some(&*n.w), n.b.as_deref().map(|b| b as &dyn fw::DevicePtrF32), y, rows, d, eps),
+        NormKind::RmsNorm => fw::rmsnorm(gpu, x, Some(&*n.w), y, rows, d, eps),
+        NormKind::RmsNormPlusOne => fw::rmsnorm_plus_one(gpu, x, Some(&*n.w), y, rows, d, eps),
     }
 }
 
@@ -38,12 +56,16 @@ pub fn linear(gpu: &Gpu, l: &DevLinear, x: &impl DevicePtr<f32>, y: &mut impl De
     Ok(())
 }
 
-/// The attention half's weights on the device.
+/// The attention half's weights on the device, and the layer's index (its window and rotary).
 pub struct AttnWeights {
+    pub index: usize,
     pub norm: DevNorm,
     pub q: DevLinear,
     pub k: DevLinear,
     pub v: DevLinear,
+    /// Per-head norms of Q and K (`[head_dim]`), where the family has them.
+    pub q_norm: Option<DevNorm>,
+    pub k_norm: Option<DevNorm>,
 }
 
 /// Per-chunk scratch of the attention half.
@@ -109,17 +131,29 @@ pub fn attn_context(
         )));
     }
     let t = nwin * seqlen;
-    norm(gpu, &w.norm, x, &mut sc.xn, t, d, cfg.norm_eps)?;
+    let (kind, eps) = (cfg.arch().norm, cfg.norm_eps);
+    norm(gpu, kind, &w.norm, x, &mut sc.xn, t, d, eps)?;
     linear(gpu, &w.q, &sc.xn, &mut sc.q, t)?;
     linear(gpu, &w.k, &sc.xn, &mut sc.k, t)?;
     linear(gpu, &w.v, &sc.xn, &mut sc.v, t)?;
-    if cfg.rope.is_some() {
-        let f = inv_freq.map(|f| f as &dyn fw::DevicePtrF32);
-        fw::rope(gpu, &mut sc.q, t, heads, hd, nq, seqlen, cfg.rope_theta, f)?;
-        let f = inv_freq.map(|f| f as &dyn fw::DevicePtrF32);
-        fw::rope(gpu, &mut sc.k, t, kvh, hd, nk, seqlen, cfg.rope_theta, f)?;
+    // per-head norms, in place: rows of head_dim over [t][heads*hd]
+    for (n, buf, nh) in [(&w.q_norm, &mut sc.q, heads), (&w.k_norm, &mut sc.k, kvh)] {
+        if let Some(n) = n {
+            let plus_one = match kind {
+                NormKind::RmsNorm => false,
+                NormKind::RmsNormPlusOne => true,
+                NormKind::LayerNorm => return Err(FaspError::Cuda("q/k norms are RMS norms".into())),
+            };
+            fw::rmsnorm_in_place(gpu, plus_one, &*n.w, buf, t * nh, hd, eps)?;
+        }
+    }
+    if let Some(r) = cfg.layer_rope(w.index) {
+        let f = inv_freq.ok_or_else(|| FaspError::Cuda(format!("layer {}: rotary needs the layer's inv_freq table", w.index)))?;
+        fw::rope(gpu, &mut sc.q, t, heads, hd, nq, seqlen, r.theta, Some(f))?;
+        fw::rope(gpu, &mut sc.k, t, kvh, hd, nk, seqlen, r.theta, Some(f))?;
     }
     let scale = cfg.attn_scale;
+    let window = cfg.window(w.index);
     let mut w0 = 0;
     while w0 < nwin {
         let wb = sc.attn_windows.min(nwin - w0);
@@ -130,7 +164,10 @@ pub fn attn_context(
         fw::split_heads(gpu, &sc.v.slice(r0 * nv..r1 * nv), &mut sc.vh, wb, seqlen, kvh, hd, nv, 0, g)?;
         // the CPU scales inside the GEMM (alpha) and then takes a plain softmax: same here
         blas::attn_scores(gpu, &sc.qh, &sc.kh, &mut sc.s, nmat, seqlen, hd, scale)?;
-        fw::softmax_causal(gpu, &mut sc.s, nmat, seqlen, 1.0)?;
+        match window {
+            Some(win) if win < seqlen => fw::softmax_window(gpu, &mut sc.s, nmat, seqlen, 1.0, win)?,
+            _ => fw::softmax_causal(gpu, &mut sc.s, nmat, seqlen, 1.0)?,
+        }
         blas::attn_context(gpu, &sc.s, &sc.vh, &mut sc.oh, nmat, seqlen, hd)?;
         let mut out = ctx_rows(ctx, r0 * nq, r1 * nq)?;
         fw::merge_heads(gpu, &sc.oh, &mut out, wb, seqlen, heads, hd)?;
@@ -199,10 +236,11 @@ impl MlpScratch {
 }
 
 /// The activated intermediate `act[rows][up.out]` of the hidden states `x[rows][d]` into
-/// `sc.act`: ReLU(fc1) for OPT, SiLU(gate)·up for LLaMA.
+/// `sc.act`: ReLU(fc1) without a gate (OPT), else the family's GLU: SiLU(gate)·up or
+/// up·GELU-tanh(gate).
 pub fn mlp_act(gpu: &Gpu, cfg: &ModelConfig, w: &MlpWeights, x: &impl DevicePtr<f32>, rows: usize, sc: &mut MlpScratch) -> Result<()> {
     let width = w.up.out;
-    norm(gpu, &w.norm, x, &mut sc.xn, rows, cfg.hidden, cfg.norm_eps)?;
+    norm(gpu, cfg.arch().norm, &w.norm, x, &mut sc.xn, rows, cfg.hidden, cfg.norm_eps)?;
     linear(gpu, &w.up, &sc.xn, &mut sc.act, rows)?;
     match (&w.gate, sc.gate.as_mut()) {
         (None, _) => fw::relu(gpu, &mut sc.act, rows * width),
@@ -211,13 +249,41 @@ pub fn mlp_act(gpu: &Gpu, cfg: &ModelConfig, w: &MlpWeights, x: &impl DevicePtr<
                 return Err(FaspError::Cuda(format!("gate has {} rows, up {width}", gw.out)));
             }
             linear(gpu, gw, &sc.xn, gbuf, rows)?;
-            fw::silu_mul_into_up(gpu, gbuf, &mut sc.act, rows * width)
+            match cfg.arch().activation {
+                Activation::GeluTanhGlu => fw::gelu_tanh_mul_into_up(gpu, gbuf, &mut sc.act, rows * width),
+                Activation::SiluGlu => fw::silu_mul_into_up(gpu, gbuf, &mut sc.act, rows * width),
+                Activation::Relu => Err(FaspError::Cuda("a gate on a ReLU MLP".into())),
+            }
         }
         (Some(_), None) => Err(FaspError::Cuda("MLP scratch allocated without a gate buffer".into())),
     }
 }
 
-/// The rotary frequencies exactly as the CPU computes them (`config::Rope::inv_freq`, rope scaling included).
-pub fn inv_freq(cfg: &ModelConfig) -> Vec<f32> {
-    cfg.rope.map_or(Vec::new(), |r| r.inv_freq(cfg.head_dim))
+/// `h += post(sc.tmp)` over `rows` rows: the residual add of a branch whose output (o_proj or
+/// down_proj, bias included) is in `sc.tmp`, through the family's post-norm when the layer has
+/// one (as `forward::attn_residual` / `forward::mlp_residual`). The post-norm writes into the
+/// scratch's normed-input buffer, free at that point.
+pub fn residual(
+    gpu: &Gpu,
+    cfg: &ModelConfig,
+    post: Option<&DevNorm>,
+    sc: &mut MlpScratch,
+    h: &mut impl DevicePtrMut<f32>,
+    rows: usize,
+) -> Result<()> {
+    let n = rows * cfg.hidden;
+    match post {
+        None => fw::add_assign(gpu, h, &sc.tmp, n),
+        Some(p) => {
+            norm(gpu, cfg.arch().norm, p, &sc.tmp, &mut sc.xn, rows, cfg.hidden, cfg.norm_eps)?;
+            fw::add_assign(gpu, h, &sc.xn, n)
+        }
+    }
+}
+
+/// The rotary frequencies of layer `l` exactly as the CPU computes them (`config::Rope::inv_freq`
+/// of `cfg.layer_rope(l)`: the sliding layers' own base where the family has one, rope scaling
+/// included); empty without rotary.
+pub fn inv_freq(cfg: &ModelConfig, l: usize) -> Vec<f32> {
+    cfg.layer_rope(l).map_or(Vec::new(), |r| r.inv_freq(cfg.head_dim))
 }

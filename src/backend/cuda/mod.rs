@@ -267,8 +267,14 @@ impl CudaBackend {
         Ok(pruned(pair))
     }
 
-    fn rope_table(&mut self, cfg: &ModelConfig) -> Result<()> {
-        let table = layer::inv_freq(cfg);
+    /// The rotary table of layer `l` on the device (uploaded again only when it differs from the
+    /// previous layer's: Gemma-3's sliding and global layers have their own bases).
+    fn rope_table(&mut self, cfg: &ModelConfig, l: usize) -> Result<()> {
+        let table = layer::inv_freq(cfg, l);
+        if table.is_empty() {
+            self.inv_freq = None;
+            return Ok(());
+        }
         if self.inv_freq.as_ref().is_none_or(|(t, _)| *t != table) {
             let d = self.gpu.upload(&table, "rotary inv_freq")?;
             self.inv_freq = Some((table, d));
@@ -334,17 +340,15 @@ impl Backend for CudaBackend {
         }
         let gpu = self.gpu.clone();
         let w = AttnWeights {
+            index: lw.index,
             norm: self.cache.norm(&gpu, &lw.attn_norm, "attention norm")?,
             q: self.cache.linear(&gpu, &lw.q, "q_proj")?,
             k: self.cache.linear(&gpu, &lw.k, "k_proj")?,
             v: self.cache.linear(&gpu, &lw.v, "v_proj")?,
+            q_norm: lw.q_norm.as_ref().map(|n| self.cache.norm(&gpu, n, "q_norm")).transpose()?,
+            k_norm: lw.k_norm.as_ref().map(|n| self.cache.norm(&gpu, n, "k_norm")).transpose()?,
         };
-        if let Some(m) = cfg.cuda_unsupported() {
-            return Err(FaspError::Cuda(m));
-        }
-        if cfg.rope.is_some() {
-            self.rope_table(cfg)?;
-        }
+        self.rope_table(cfg, lw.index)?;
         let (chunk_w, attn_w) = self.plan(cfg);
         let mut sc = AttnScratch::new(&gpu, cfg, self.seqlen, chunk_w, attn_w)?;
         let mut ctx = gpu.alloc::<f32>(self.tokens * nctx, "attention context")?;
@@ -404,6 +408,7 @@ impl Backend for CudaBackend {
             up: self.cache.linear(&gpu, &lw.up, "up_proj / fc1")?,
             gate: lw.gate.as_ref().map(|g| self.cache.linear(&gpu, g, "gate_proj")).transpose()?,
         };
+        let post_attn = lw.post_attn_norm.as_ref().map(|n| self.cache.norm(&gpu, n, "post-attention norm")).transpose()?;
         let ffn = mw.up.out;
         let dense_w1 = (clone_linear(&mw.up), mw.gate.as_ref().map(clone_linear));
         let nk = ctx_cols.len();
@@ -428,7 +433,7 @@ impl Backend for CudaBackend {
             }
             {
                 let mut h = hidden.slice_mut(r0 * d..(r0 + rows) * d);
-                forward::add_assign(&gpu, &mut h, &sc.tmp, rows * d)?;
+                layer::residual(&gpu, cfg, post_attn.as_ref(), &mut sc, &mut h, rows)?;
             }
             let h = hidden.slice(r0 * d..(r0 + rows) * d);
             layer::mlp_act(&gpu, cfg, &mw, &h, rows, &mut sc)?;
@@ -488,6 +493,7 @@ impl Backend for CudaBackend {
         drop(dense);
         let mw = MlpWeights { norm: self.cache.norm(&gpu, &lw.mlp_norm, "MLP norm")?, up, gate };
         let down = KeptW2::linear(self.kept_w2.take(), &gpu, &lw.down, "down_proj / fc2 (restored)")?;
+        let post_mlp = lw.post_mlp_norm.as_ref().map(|n| self.cache.norm(&gpu, n, "post-MLP norm")).transpose()?;
         let (chunk_w, _) = self.plan(cfg);
         let mut sc = MlpScratch::new(&gpu, cfg, self.seqlen, chunk_w, k, mw.gate.is_some())?;
         let mut flag = gpu.zeros::<i32>(1, "finite flag")?;
@@ -500,7 +506,7 @@ impl Backend for CudaBackend {
             }
             layer::linear(&gpu, &down, &sc.act, &mut sc.tmp, rows)?;
             let mut h = hidden.slice_mut(r0 * d..(r0 + rows) * d);
-            forward::add_assign(&gpu, &mut h, &sc.tmp, rows * d)?;
+            layer::residual(&gpu, cfg, post_mlp.as_ref(), &mut sc, &mut h, rows)?;
             forward::check_finite(&gpu, &h, rows * d, &mut flag)?;
         }
         self.mid = false;

@@ -164,7 +164,8 @@ impl TensorCache {
 /// Every tensor of a layer, in a fixed order (the staging slot of each).
 pub fn layer_tensors(lw: &LayerWeights) -> Vec<&[f32]> {
     let mut t: Vec<&[f32]> = Vec::new();
-    for n in [&lw.attn_norm, &lw.mlp_norm] {
+    let extra = [&lw.q_norm, &lw.k_norm, &lw.post_attn_norm, &lw.post_mlp_norm].into_iter().flatten();
+    for n in [&lw.attn_norm, &lw.mlp_norm].into_iter().chain(extra) {
         t.push(&n.w);
         t.extend(n.b.as_deref());
     }
@@ -183,7 +184,7 @@ pub struct DevLinear {
     pub inp: usize,
 }
 
-/// A `Norm` on the device (LayerNorm with `b`, RMSNorm without).
+/// A `Norm` on the device (`b`: LayerNorm's bias); its kind is the family's (`Arch::norm`).
 pub struct DevNorm {
     pub w: Arc<DeviceBuf<f32>>,
     pub b: Option<Arc<DeviceBuf<f32>>>,
