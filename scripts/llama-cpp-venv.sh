@@ -22,7 +22,7 @@ LLAMA_CPP_PYTHON_VERSION="0.3.36"
 # sha256 of llama_cpp_python-0.3.36.tar.gz on PyPI (pip refuses a download that differs)
 LLAMA_CPP_PYTHON_SHA="832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
 # its runtime dependencies, pinned (installed before it; it is installed with --no-deps)
-DEPS=(numpy==2.3.5 typing-extensions==4.15.0 diskcache==5.6.3 jinja2==3.1.6 MarkupSafe==3.0.3)
+DEPS=(numpy==2.4.6 typing-extensions==4.16.0 diskcache==5.6.3 jinja2==3.1.6 MarkupSafe==3.0.4)
 CMAKE_FLAGS="-DLLAVA_BUILD=OFF -DGGML_NATIVE=ON -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_TOOLS=OFF -DLLAMA_BUILD_SERVER=OFF"
 
 FASP_HOME="${FASP_HOME:-$HOME/.cache/fasp-engine}"
