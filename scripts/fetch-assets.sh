@@ -11,7 +11,7 @@
 #                 once every file taken from them is extracted and verified: about 120 MB)
 set -euo pipefail
 
-STAMP_VERSION="fasp-assets-v2"
+STAMP_VERSION="fasp-assets-v3"
 FASP_HOME="${FASP_HOME:-$HOME/.cache/fasp-engine}"
 PYTHON="${PYTHON:-python3}"
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -52,6 +52,8 @@ ENWIKI_BZ2="$RAW_DIR/enwiki-shortened.xml.bz2"
 LEE_COR="$RAW_DIR/lee_background.cor"
 
 MWPFH_VERSION="0.7.2"
+GGUF_PY_VERSION="0.19.0"
+NUMPY_VERSION="2.4.6"
 
 step() { echo "[fetch-assets] $*"; }
 die() { echo "[fetch-assets] ERROR: $*" >&2; exit 1; }
@@ -179,7 +181,8 @@ else
     extract "$whl" "$GENSIM_LEE_MEMBER" "$LEE_COR"
 fi
 
-# 3. venv with mwparserfromhell
+# 3. venv with mwparserfromhell (the text builder) and gguf + numpy (scripts/check_gguf.py,
+#    llama.cpp's own GGUF reader and quantizer, used by tests/gguf_export.rs)
 if [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c "import mwparserfromhell" 2>/dev/null; then
     step "venv: cached $VENV"
 else
@@ -188,6 +191,13 @@ else
     "$PYTHON" -m venv "$VENV" || die "python -m venv failed"
     "$VENV/bin/python" -m pip install --disable-pip-version-check -q "mwparserfromhell==$MWPFH_VERSION" \
         || die "pip install mwparserfromhell failed"
+fi
+if "$VENV/bin/python" -c "import sys, importlib.metadata as m; sys.exit(not (m.version('gguf') == '$GGUF_PY_VERSION' and m.version('numpy') == '$NUMPY_VERSION'))" 2>/dev/null; then
+    step "venv: gguf==$GGUF_PY_VERSION cached"
+else
+    step "venv: installing gguf==$GGUF_PY_VERSION numpy==$NUMPY_VERSION"
+    "$VENV/bin/python" -m pip install --disable-pip-version-check -q "gguf==$GGUF_PY_VERSION" "numpy==$NUMPY_VERSION" \
+        || die "pip install gguf failed"
 fi
 
 # 4. Texts

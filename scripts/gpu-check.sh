@@ -6,7 +6,8 @@
 #      folder of symlinks giving cuBLAS/cuSOLVER the plain names cudarc's loader tries first;
 #   2. the GPU tests (tests/gpu.rs): every kernel family against the CPU reference, Cholesky failure
 #      and escalation, the backend's steps, and a whole prune of every fixture on CUDA vs the CPU;
-#   3. the CLI: `prune --device cpu` and `--device cuda` on every fixture (sparsity 0.25, eval on
+#   3. the CLI: `prune --device cpu` and `--device cuda` on every fixture, the family ones (llama3,
+#      mistral, qwen2, qwen3, gemma3) included (sparsity 0.25, eval on
 #      tests/fixtures/eval.txt), comparing kept sets and perplexity;
 #   4. the kernel benches in quick mode (FASP_BENCH_QUICK=1, GPU part only);
 # then prints one table and writes every log under $OUT (or ./gpu-check-out). Exit status 0 only when
@@ -149,7 +150,7 @@ if grep -q 'SKIP (no CUDA device)' "$LOG/gpu-tests.log"; then
   grep 'SKIP (no CUDA device)' "$LOG/gpu-tests.log" | head -1 | sed 's/^/      /' | tee -a "$SUMMARY"
   FAIL=1
 fi
-grep -E '^JIT all modules|units differ|^(opt-tiny|llama-mha|llama-gqa|fixture) ' "$LOG/gpu-tests.log" | sed 's/^/   /' | tee -a "$SUMMARY"
+grep -E '^JIT all modules|units differ|dense device forward|kept sets identical|^(opt-tiny|llama-mha|llama-gqa|fixture) ' "$LOG/gpu-tests.log" | sed 's/^/   /' | tee -a "$SUMMARY"
 [ $rc -eq 0 ] || FAIL=1
 
 # ---- 3. CLI: prune on CUDA vs CPU ------------------------------------------------------------------
@@ -157,7 +158,7 @@ say ""
 say "-- CLI prune, sparsity 0.25, --device cpu vs cuda (logs cli-*.log)"
 say "$(printf '   %-10s %9s %9s %10s %12s %12s %10s' fixture cpu_s cuda_s differ ppl_cpu ppl_cuda ppl_rel)"
 CLI_TMP="$(mktemp -d)"
-for m in opt-tiny llama-mha llama-gqa; do
+for m in opt-tiny llama-mha llama-gqa llama3 mistral qwen2 qwen3 gemma3; do
   for dev in cpu cuda; do
     s=$(date +%s%N)
     timeout 30 "$BUNDLE/fasp-engine" prune --model "tests/fixtures/$m" --out "$CLI_TMP/$m-$dev" \

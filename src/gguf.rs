@@ -626,15 +626,29 @@ impl GgufFile {
     }
 
     /// `rope_scaling` from `{arch}.rope.scaling.*` (null when absent or `none`). Llama-3's
-    /// frequency factors stored as a `rope_freqs.weight` tensor are refused.
-    fn rope_scaling(&self, g: &str) -> Result<serde_json::Value, GgufError> {
+    /// frequency factors stored as a `rope_freqs.weight` tensor are read when the file also holds
+    /// their parameters (`fasp.rope.llama3.*`, written by fasp-engine's GGUF export) and the
+    /// factors are those the parameters give; otherwise they are refused (the parameters cannot be
+    /// recovered from the factors alone).
+    fn rope_scaling(&self, g: &str, theta: f64, head_dim: u64) -> Result<serde_json::Value, GgufError> {
         if self.tensor_info("rope_freqs.weight").is_some() {
-            return Err(GgufError::Unsupported {
-                path: self.path.clone(),
-                msg: "rotary frequency factors stored as 'rope_freqs.weight' (Llama-3.x rope scaling) are not supported; \
-                      convert the HF checkpoint instead"
-                    .into(),
-            });
+            let unsupported = |msg: String| GgufError::Unsupported { path: self.path.clone(), msg };
+            let p: Option<Vec<f64>> =
+                LLAMA3_ROPE_KEYS.iter().map(|k| self.meta_f64(&format!("fasp.rope.llama3.{k}")).ok().flatten()).collect();
+            let Some(p) = p else {
+                return Err(unsupported(
+                    "rotary frequency factors stored as 'rope_freqs.weight' (Llama-3.x rope scaling) are not supported \
+                     without the fasp.rope.llama3.* keys naming their parameters; convert the HF checkpoint instead"
+                        .into(),
+                ));
+            };
+            let want = llama3_rope_factors(theta, head_dim as usize, p[0], p[1], p[2], p[3]);
+            let (_, got) = self.tensor_f32("rope_freqs.weight")?;
+            if got.len() != want.len() || got.iter().zip(&want).any(|(a, b)| (a - b).abs() > 1e-5 * b.abs()) {
+                return Err(unsupported("'rope_freqs.weight' differs from the factors its fasp.rope.llama3.* parameters give".into()));
+            }
+            return Ok(serde_json::json!({"rope_type": "llama3", "factor": p[0], "low_freq_factor": p[1],
+                "high_freq_factor": p[2], "original_max_position_embeddings": p[3]}));
         }
         let key = format!("{g}.rope.scaling.type");
         match self.meta_str(&key)? {
@@ -695,7 +709,7 @@ impl GgufFile {
             "num_key_value_heads": n_head_kv,
             "head_dim": head_dim,
             "rope_theta": rope_theta,
-            "rope_scaling": self.rope_scaling(g)?,
+            "rope_scaling": self.rope_scaling(g, rope_theta, head_dim)?,
             "vocab_size": vocab,
             "max_position_embeddings": ctx,
             "tie_word_embeddings": tied,
@@ -798,7 +812,12 @@ impl GgufFile {
     /// unchanged. A tied LM head (no `output.weight`) is not listed.
     pub fn hf_tensor_names(&self) -> Vec<(String, Vec<usize>)> {
         let a = self.arch_or_llama();
-        self.tensors.iter().map(|t| (a.gguf_to_hf(HF_PREFIX, &t.name).unwrap_or_else(|| t.name.clone()), t.shape())).collect()
+        // rope_freqs (Llama-3 rope scaling) is read into the config, not a model tensor
+        self.tensors
+            .iter()
+            .filter(|t| t.name != "rope_freqs.weight")
+            .map(|t| (a.gguf_to_hf(HF_PREFIX, &t.name).unwrap_or_else(|| t.name.clone()), t.shape()))
+            .collect()
     }
 
     /// Dequantized f32 data of one tensor by HF name, in HF's convention: Q/K rows un-permuted
@@ -1069,6 +1088,32 @@ impl GgufFile {
         tk.add_tokens(&user);
         tk.to_string(false).map_err(|e| tok_err(format!("serialize: {e}")))
     }
+}
+
+/// The metadata keys (after `fasp.rope.llama3.`) holding Llama-3 rope scaling's parameters, in
+/// the order [`llama3_rope_factors`] takes them.
+pub const LLAMA3_ROPE_KEYS: [&str; 4] = ["factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"];
+
+/// llama.cpp's `rope_freqs` of Llama-3 rope scaling, as `convert_hf_to_gguf.py` computes them: per
+/// frequency `i` of `head_dim / 2`, the divisor of `theta^(-2i/head_dim)`: 1 for wavelengths below
+/// `orig / high`, `factor` above `orig / low`, `1 / ((1 − s)/factor + s)` between, with
+/// `s = (orig / wavelength − low) / (high − low)`.
+pub fn llama3_rope_factors(theta: f64, head_dim: usize, factor: f64, low: f64, high: f64, orig: f64) -> Vec<f32> {
+    (0..head_dim / 2)
+        .map(|i| {
+            let freq = 1.0 / theta.powf((2 * i) as f64 / head_dim as f64);
+            let wavelen = 2.0 * std::f64::consts::PI / freq;
+            let f = if wavelen < orig / high {
+                1.0
+            } else if wavelen > orig / low {
+                factor
+            } else {
+                let s = (orig / wavelen - low) / (high - low);
+                1.0 / ((1.0 - s) / factor + s)
+            };
+            f as f32
+        })
+        .collect()
 }
 
 /// GGUF LLaMA tensor name to HF name, or None if it has no mapping.
@@ -1870,9 +1915,10 @@ mod tests {
             assert!(e.contains(&format!("architecture '{arch}' is not supported")) && e.contains("gemma3"), "{e}");
             assert_eq!(e.lines().count(), 1);
         }
-        // Llama-3 rope factors stored as a tensor are refused, not silently ignored
+        // Llama-3 rope factors stored as a tensor without their parameters are refused, not
+        // silently ignored
         let g = open_bytes(&family_file("llama", &[("rope_freqs.weight", &[2])], &[])).unwrap();
         let e = g.hf_config().unwrap_err().to_string();
-        assert!(e.contains("rope_freqs.weight"), "{e}");
+        assert!(e.contains("rope_freqs.weight") && e.contains("fasp.rope.llama3"), "{e}");
     }
 }

@@ -14,8 +14,12 @@
 //!   written at its pruned width, which FASP makes the same in every layer; a model whose layers
 //!   differ is refused (the plain architectures hold one `feed_forward_length`).
 //! * Tensor types: 1-D tensors (norms, biases) are F32, as llama.cpp's converter keeps them;
-//!   matrices are the chosen type. Q8_0 needs rows (ne0) that are a multiple of 32: a matrix
-//!   whose rows are not is written as F16 instead, and named in [`ExportSummary::f16_fallback`].
+//!   matrices are the chosen type. Q8_0 needs rows (ne0) that are a multiple of 32. For the MLP
+//!   (whose pruned width rarely is) the written width is padded with zero channels to the next
+//!   multiple of 32: a zero gate/up row gives a zero activation, so the model is unchanged, and
+//!   `ffn_down` quantizes like the rest (SmolLM2 at 20%: 1229 channels written as 1248). Any other
+//!   matrix whose rows are not a multiple of 32 is written as F16, named in
+//!   [`ExportSummary::f16_fallback`].
 //! * Tokenizer: the input GGUF's `tokenizer.*` keys, copied verbatim; otherwise built from
 //!   `tokenizer.json` (byte-level BPE only, see [`tokenizer_from_json`]).
 
@@ -66,8 +70,11 @@ pub struct ExportSummary {
     pub ty: GgufType,
     /// Matrices written as F16 because Q8_0 needs rows that are a multiple of 32.
     pub f16_fallback: Vec<String>,
-    /// The MLP width written (`feed_forward_length`).
+    /// The MLP width written (`feed_forward_length`): the pruned width, padded with zero channels
+    /// to a multiple of 32 for Q8_0.
     pub ffn: usize,
+    /// The pruned MLP width.
+    pub ffn_pruned: usize,
     /// Where the tokenizer came from (`input GGUF`, `tokenizer.json`, or `none`).
     pub tokenizer: &'static str,
 }
@@ -99,7 +106,7 @@ impl GgufExporter {
                 cfg.family.name()
             ))
         })?;
-        check_rope(cfg)?;
+        check_rope(cfg, arch)?;
         let w = match work_dir {
             Some(d) => GgufWriter::create_in(out, d)?,
             None => GgufWriter::create(out)?,
@@ -193,17 +200,31 @@ impl GgufExporter {
             self.vector(&n("post_attention_norm.weight"), &p.w)?;
         }
         self.vector(&n("ffn_norm.weight"), &lw.mlp_norm.w)?;
+        // Q8_0: the MLP padded with zero channels to a multiple of 32, so that ffn_down's rows
+        // quantize too (a zero gate/up row gives a zero activation: the model is unchanged)
+        let width = self.written_ffn(ffn);
+        let pad_rows = |m: &crate::tensor::Mat| {
+            let mut d = m.data.clone();
+            d.resize(width * m.cols, 0.0);
+            d
+        };
+        let pad_vec = |b: &Vec<f32>| {
+            let mut b = b.clone();
+            b.resize(width, 0.0);
+            b
+        };
         if let Some(g) = &lw.gate {
-            self.matrix(&n("ffn_gate.weight"), g.w.rows, g.w.cols, &g.w.data)?;
+            self.matrix(&n("ffn_gate.weight"), width, g.w.cols, &pad_rows(&g.w))?;
             if let Some(b) = &g.b {
-                self.vector(&n("ffn_gate.bias"), b)?;
+                self.vector(&n("ffn_gate.bias"), &pad_vec(b))?;
             }
         }
-        self.matrix(&n("ffn_up.weight"), lw.up.w.rows, lw.up.w.cols, &lw.up.w.data)?;
+        self.matrix(&n("ffn_up.weight"), width, lw.up.w.cols, &pad_rows(&lw.up.w))?;
         if let Some(b) = &lw.up.b {
-            self.vector(&n("ffn_up.bias"), b)?;
+            self.vector(&n("ffn_up.bias"), &pad_vec(b))?;
         }
-        self.matrix(&n("ffn_down.weight"), lw.down.w.rows, lw.down.w.cols, &lw.down.w.data)?;
+        let down = lw.down.w.scatter_cols(&(0..ffn).collect::<Vec<_>>(), width);
+        self.matrix(&n("ffn_down.weight"), down.rows, down.cols, &down.data)?;
         if let Some(b) = &lw.down.b {
             self.vector(&n("ffn_down.bias"), b)?;
         }
@@ -212,6 +233,15 @@ impl GgufExporter {
         }
         self.written[l] = true;
         Ok(())
+    }
+
+    /// The MLP width written for a pruned width `ffn`: `ffn`, or for Q8_0 the next multiple of 32.
+    fn written_ffn(&self, ffn: usize) -> usize {
+        if self.ty == GgufType::Q8_0 {
+            ffn.next_multiple_of(32)
+        } else {
+            ffn
+        }
     }
 
     fn w_out(&self) -> PathBuf {
@@ -238,7 +268,17 @@ impl GgufExporter {
             let head = model.lm_head()?;
             self.matrix("output.weight", head.rows, head.cols, &head.data)?;
         }
-        let ffn = self.ffn.unwrap_or(cfg.ffn);
+        if let Some((factors, params)) = llama3_rope(&cfg) {
+            self.w.tensor("rope_freqs.weight", &[factors.len()], &factors, GgufType::F32)?;
+            for (k, v) in crate::gguf::LLAMA3_ROPE_KEYS.iter().zip(params) {
+                self.w.meta(&format!("fasp.rope.llama3.{k}"), GgufValue::F32(v));
+            }
+        }
+        let ffn_pruned = self.ffn.unwrap_or(cfg.ffn);
+        let ffn = self.written_ffn(ffn_pruned);
+        for (k, v) in inherited_general(model)? {
+            self.w.meta(&k, v);
+        }
         for (k, v) in model_metadata(model, self.arch, ffn, self.ty) {
             self.w.meta(&k, v);
         }
@@ -255,20 +295,29 @@ impl GgufExporter {
         }
         let (ty, f16_fallback) = (self.ty, std::mem::take(&mut self.f16_fallback));
         let bytes = self.w.finish()?;
-        Ok(ExportSummary { bytes, ty, f16_fallback, ffn, tokenizer })
+        Ok(ExportSummary { bytes, ty, f16_fallback, ffn, ffn_pruned, tokenizer })
     }
 }
 
-/// Rotary scalings GGUF holds as metadata: none and linear. Llama-3.x scaling (llama.cpp stores
-/// it as a `rope_freqs.weight` tensor, which our reader does not read back) is refused.
-fn check_rope(cfg: &ModelConfig) -> Result<()> {
+/// Rotary scalings GGUF holds: none and linear as metadata; Llama-3.x scaling as llama.cpp's
+/// `rope_freqs.weight` tensor (GGUF `llama` only), with its parameters as `fasp.rope.llama3.*`
+/// keys so that our reader can read it back.
+fn check_rope(cfg: &ModelConfig, arch: &str) -> Result<()> {
     match cfg.rope.map(|r| r.scaling) {
-        Some(RopeScaling::Llama3 { .. }) => Err(FaspError::Unsupported(
-            "Llama-3.x rope scaling is not written to GGUF yet (llama.cpp stores it as a rope_freqs tensor); write an HF directory instead"
-                .into(),
-        )),
+        Some(RopeScaling::Llama3 { .. }) if arch != "llama" => {
+            Err(FaspError::Unsupported(format!("Llama-3.x rope scaling is written to GGUF for the llama architecture only, not {arch}")))
+        }
         _ => Ok(()),
     }
+}
+
+/// Llama-3.x rope scaling: `rope_freqs.weight` and the `fasp.rope.llama3.*` keys.
+fn llama3_rope(cfg: &ModelConfig) -> Option<(Vec<f32>, [f32; 4])> {
+    let r = cfg.rope?;
+    let RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_positions } = r.scaling else { return None };
+    let p = [factor, low_freq_factor, high_freq_factor, original_max_positions];
+    let f = crate::gguf::llama3_rope_factors(r.theta as f64, cfg.head_dim, p[0] as f64, p[1] as f64, p[2] as f64, p[3] as f64);
+    Some((f, p))
 }
 
 /// Every metadata key llama.cpp's loader reads for `arch`, from the config (with the MLP width
@@ -350,6 +399,18 @@ fn model_metadata(model: &Model, arch: &str, ffn: usize, ty: GgufType) -> Vec<(S
         );
     }
     m
+}
+
+/// A GGUF input's descriptive `general.*` keys (license, organization, basename, ...), kept in the
+/// output; those that describe the file or the model's size (type, alignment, size label) are not.
+fn inherited_general(model: &Model) -> Result<Vec<(String, GgufValue)>> {
+    if !model.path.is_file() {
+        return Ok(Vec::new());
+    }
+    const OWN: &[&str] =
+        &["general.architecture", "general.file_type", "general.alignment", "general.quantization_version", "general.size_label"];
+    let g = GgufFile::open(&model.path)?;
+    Ok(g.metadata_entries().iter().filter(|(k, _)| k.starts_with("general.") && !OWN.contains(&k.as_str())).cloned().collect())
 }
 
 /// The tokenizer keys: the input GGUF's `tokenizer.*`, copied verbatim; else built from the
@@ -532,6 +593,21 @@ mod tests {
         let b: Vec<f32> = (0..rows).map(|i| i as f32).collect();
         assert_eq!(crate::gguf::unpermute_rows(&permute_rows(&b, rows, 1, n_h).unwrap(), rows, 1, n_h).unwrap(), b);
         assert!(permute_rows(&w, rows, cols, 5).is_none());
+    }
+
+    #[test]
+    fn llama3_rope_factors_divide_the_base_frequencies_into_the_scaled_ones() {
+        use crate::model::config::Rope;
+        let scaling = RopeScaling::Llama3 { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_positions: 8192.0 };
+        let (theta, hd) = (500000.0f32, 64);
+        let scaled = Rope { theta, scaling }.inv_freq(hd);
+        let base = Rope { theta, scaling: RopeScaling::None }.inv_freq(hd);
+        let f = crate::gguf::llama3_rope_factors(theta as f64, hd, 8.0, 1.0, 4.0, 8192.0);
+        assert_eq!((f[0], f[31]), (1.0, 8.0));
+        assert!(f.iter().any(|&x| x > 1.0 && x < 8.0), "a blended band");
+        for ((b, s), f) in base.iter().zip(&scaled).zip(&f) {
+            assert!((b / f - s).abs() <= 1e-6 * s, "{b} / {f} vs {s}");
+        }
     }
 
     #[test]

@@ -222,8 +222,10 @@ fn gguf_type(gguf_type: Option<GgufType>, dtype: Option<DType>) -> Option<GgufTy
 
 /// One line on a written GGUF: size, type, and the matrices Q8_0 could not hold.
 fn gguf_line(out: &Path, s: &fasp_engine::gguf_export::ExportSummary) -> String {
+    let padded =
+        if s.ffn != s.ffn_pruned { format!(" (MLP width {} padded with zero channels for Q8_0)", s.ffn_pruned) } else { String::new() };
     let mut line = format!(
-        "wrote {} ({}, GGUF {}, feed_forward_length {}, tokenizer from {})",
+        "wrote {} ({}, GGUF {}, feed_forward_length {}{padded}, tokenizer from {})",
         out.display(),
         human_bytes(s.bytes),
         s.ty.name(),

@@ -101,8 +101,16 @@ impl FaspRecord {
         Ok(r)
     }
 
-    /// `dir/fasp.json` if the directory has one.
+    /// `dir/fasp.json` if the directory has one; for a `.gguf` file, its `fasp.json` metadata key
+    /// (what `prune --format gguf` writes) if it has one.
     pub fn of_dir(dir: &Path) -> Result<Option<FaspRecord>> {
+        if dir.is_file() && dir.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+            let g = crate::gguf::GgufFile::open(dir)?;
+            return match g.metadata("fasp.json").and_then(|v| v.as_str()) {
+                Some(text) => FaspRecord::from_slice(text.as_bytes(), dir).map(Some),
+                None => Ok(None),
+            };
+        }
         let path = dir.join("fasp.json");
         if !dir.is_dir() || !path.is_file() {
             return Ok(None);

@@ -39,12 +39,15 @@ void fasp_cholesky_solve_lower(const float*, int, int, long long, float*, int, i
 void fasp_cholesky_solve_upper(const float*, int, int, long long, float*, int, int, long long);
 void fasp_layernorm_f32(const float*, const float*, const float*, float*, int, int, float);
 void fasp_rmsnorm_f32(const float*, const float*, float*, int, int, float);
+void fasp_rmsnorm_plus_one_f32(const float*, const float*, float*, int, int, float);
 void fasp_rope_f32(float*, int, int, int, int, const int*, int, float, const float*);
 void fasp_attention_softmax_causal_f32(float*, int, int, float);
+void fasp_attention_softmax_window_f32(float*, int, int, float, int);
 void fasp_attention_split_heads_f32(const float*, int, int, int, int, int, int, int, float*);
 void fasp_attention_merge_heads_f32(const float*, int, int, int, int, float*);
 void fasp_relu_f32(float*, long long);
 void fasp_silu_mul_f32(const float*, const float*, float*, long long);
+void fasp_gelu_tanh_mul_f32(const float*, const float*, float*, long long);
 void fasp_add_f32(const float*, const float*, float*, long long);
 void fasp_add_bias_f32(float*, const float*, int, int);
 void fasp_convert_f32_to_bf16(const float*, bf16*, long long);
@@ -441,8 +444,19 @@ static bool test_norms() {
     std::vector<float> yn(rows * d), wantn(rows * d);
     launch(fasp_rmsnorm_f32, dim3(2), dim3(128), x.data(), (const float*)nullptr, yn.data(), rows, d, 1e-6f);
     for (int i = 0; i < rows * d; ++i) wantn[i] = w[i % d] != 0 ? wantr[i] / w[i % d] : yn[i];
+    // (1+w) RMSNorm (Gemma), in place over rows of 20 (the per-head q/k norms' use)
+    const int hrows = rows * d / 20;
+    std::vector<float> yp = x, wantp(rows * d);
+    for (int r = 0; r < hrows; ++r) {
+        double ms = 0;
+        for (int i = 0; i < 20; ++i) ms += (double)x[r * 20 + i] * x[r * 20 + i];
+        ms /= 20;
+        for (int i = 0; i < 20; ++i) wantp[r * 20 + i] = (float)(x[r * 20 + i] / std::sqrt(ms + 1e-6) * (1.0 + w[i]));
+    }
+    launch(fasp_rmsnorm_plus_one_f32, dim3(7), dim3(32), yp.data(), w.data(), yp.data(), hrows, 20, 1e-6f);
     return close("layernorm", y, want, 1e-5, 1e-4) && close("layernorm in place", y2, want, 1e-5, 1e-4) &&
-           close("rmsnorm", yr, wantr, 1e-5, 1e-4) && close("rmsnorm no weight", yn, wantn, 1e-4, 1e-3);
+           close("rmsnorm", yr, wantr, 1e-5, 1e-4) && close("rmsnorm no weight", yn, wantn, 1e-4, 1e-3) &&
+           close("rmsnorm (1+w) in place", yp, wantp, 1e-5, 1e-4);
 }
 
 static bool test_rope() {
@@ -486,6 +500,21 @@ static bool test_attention() {
         }
     std::vector<float> got = S;
     launch(fasp_attention_softmax_causal_f32, dim3(37), dim3(32), got.data(), nmat, L, scale);
+    // sliding window W = 7: row i over i-W < j <= i
+    const int W = 7;
+    std::vector<float> wantw(S.size());
+    for (int m = 0; m < nmat; ++m)
+        for (int i = 0; i < L; ++i) {
+            const float* row = &S[((size_t)m * L + i) * L];
+            const int lo = std::max(0, i - W + 1);
+            double mx = -INFINITY, sum = 0;
+            for (int j = lo; j <= i; ++j) mx = std::max(mx, (double)row[j] * scale);
+            for (int j = lo; j <= i; ++j) sum += std::exp(row[j] * scale - mx);
+            for (int j = 0; j < L; ++j)
+                wantw[((size_t)m * L + i) * L + j] = j >= lo && j <= i ? (float)(std::exp(row[j] * scale - mx) / sum) : 0.0f;
+        }
+    std::vector<float> gotw = S;
+    launch(fasp_attention_softmax_window_f32, dim3(41), dim3(64), gotw.data(), nmat, L, scale, W);
     // split (GQA group 2) and merge round trip
     const int batch = 2, Lq = 3, heads = 2, hd = 4, group = 2, ld = 20, col0 = 3;
     auto src = randn((size_t)batch * Lq * ld);
@@ -506,7 +535,8 @@ static bool test_attention() {
                 for (int dd = 0; dd < hd; ++dd)
                     wantm[((size_t)b * Lq + l) * mh * hd + h * hd + dd] = wantd[(((size_t)b * mh + h) * Lq + l) * hd + dd];
     launch(fasp_attention_merge_heads_f32, dim3(1), dim3(256), dst.data(), batch, Lq, mh, hd, merged.data());
-    return close("softmax", got, want, 1e-6, 1e-5) && close("split_heads", dst, wantd, 0, 0) &&
+    return close("softmax", got, want, 1e-6, 1e-5) && close("softmax window", gotw, wantw, 1e-6, 1e-5) &&
+           close("split_heads", dst, wantd, 0, 0) &&
            close("merge_heads", merged, wantm, 0, 0);
 }
 
@@ -514,15 +544,18 @@ static bool test_elementwise() {
     const long long n = 1000;
     auto a = randn(n, 5.0f), b = randn(n);
     a[3] = NAN;
-    std::vector<float> r = a, wr(n), s(n), ws(n), ad(n), wad(n);
+    std::vector<float> r = a, wr(n), s(n), ws(n), ad(n), wad(n), gl = b, wg(n);
     for (long long i = 0; i < n; ++i) {
         wr[i] = std::isnan(a[i]) ? a[i] : std::max(a[i], 0.0f);
         ws[i] = (float)(a[i] / (1.0 + std::exp(-(double)a[i])) * b[i]);
+        const double g = a[i];
+        wg[i] = (float)(b[i] * 0.5 * g * (1.0 + std::tanh(std::sqrt(2.0 / M_PI) * (g + 0.044715 * g * g * g))));
         wad[i] = a[i] + b[i];
     }
     launch(fasp_relu_f32, dim3(2), dim3(256), r.data(), n);
     launch(fasp_silu_mul_f32, dim3(3), dim3(256), a.data(), b.data(), s.data(), n);
     launch(fasp_add_f32, dim3(4), dim3(256), a.data(), b.data(), ad.data(), n);
+    launch(fasp_gelu_tanh_mul_f32, dim3(3), dim3(256), a.data(), gl.data(), gl.data(), n);
     const int rows = 10, cols = 100;
     auto x = randn(rows * cols), bias = randn(cols);
     std::vector<float> xb = x, wxb(x.size());
@@ -541,7 +574,8 @@ static bool test_elementwise() {
     launch(fasp_check_finite_bf16, dim3(1), dim3(256), (const bf16*)inf_b.data(), 10LL, &f3);
     const bool flags = f1 == 0 && f2 == 1 && f3 == 1;
     if (!flags) printf("  finite flags %d %d %d, want 0 1 1\n", f1, f2, f3);
-    return close("relu", r, wr, 0, 0) && close("silu_mul", s, ws, 1e-6, 1e-5) && close("add", ad, wad, 0, 0) &&
+    return close("relu", r, wr, 0, 0) && close("silu_mul", s, ws, 1e-6, 1e-5) &&
+           close("gelu_tanh_mul in place", gl, wg, 1e-6, 1e-5) && close("add", ad, wad, 0, 0) &&
            close("add_bias", xb, wxb, 0, 0) && close("bf16 round trip", back, wback, 0, 0) && flags;
 }
 
