@@ -11,6 +11,10 @@
 #  5. scripts/fuzz.sh smoke runs every fuzz target of fuzz/ for a few seconds from the committed
 #     seeds (cargo-fuzz is installed once; its build is cached in $CARGO_TARGET_DIR/fuzz).
 #     FASP_FUZZ_SECONDS sets the seconds per target (default 5; 0 skips the smoke).
+#  6. scripts/llama-cpp-check.sh checks our GGUF output in llama.cpp itself (issue 13): perplexity
+#     parity with `fasp-engine eval` (F16 within 0.5%, Q8_0 within 2%), with the dev binary that
+#     step 4 built. Its llama-cpp-python venv is built from source once and cached in
+#     $FASP_HOME/llama-venv: ADDED TIME, see docs/inference.md ("The llama.cpp build"). FASP_LLAMA_CPP=0 skips it.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # no incremental caches: they add hundreds of MB per test binary and a clean CI build gains nothing
@@ -30,4 +34,8 @@ cargo test --locked "$@" -- --show-output
 if [ "${FASP_FUZZ_SECONDS:-5}" != 0 ]; then
     echo "test.sh: fuzz smoke (scripts/fuzz.sh smoke ${FASP_FUZZ_SECONDS:-5})"
     scripts/fuzz.sh smoke "${FASP_FUZZ_SECONDS:-5}"
+fi
+if [ "${FASP_LLAMA_CPP:-1}" != 0 ]; then
+    echo "test.sh: llama.cpp check (scripts/llama-cpp-check.sh; FASP_LLAMA_CPP=0 skips it)"
+    FASP_PROFILE=dev scripts/llama-cpp-check.sh
 fi
