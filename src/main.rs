@@ -488,6 +488,10 @@ fn parse_dtype(s: &str) -> Result<DType, String> {
 }
 
 fn prune(a: PruneArgs) -> Result<()> {
+    if a.format == Format::Hf && a.out.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+        // an HF directory named X.gguf would be taken for a GGUF file by every later command
+        anyhow::bail!("--out {} names a GGUF file: add --format gguf (or choose a directory name)", a.out.display());
+    }
     let format = match (a.format, a.gguf_type) {
         (Format::Hf, Some(_)) => anyhow::bail!("--gguf-type needs --format gguf"),
         (Format::Hf, None) => job::OutFormat::Hf,

@@ -493,5 +493,8 @@ fn the_cli_picks_gguf_by_the_out_name_and_checks_its_flags() {
     let (ok, text) =
         run(&["prune", "--model", f.to_str().unwrap(), "--calib", calib.to_str().unwrap(), "--out", "p", "--gguf-type", "f16"]);
     assert!(!ok && text.contains("--gguf-type needs --format gguf"), "{text}");
+    let (ok, text) = run(&["prune", "--model", f.to_str().unwrap(), "--calib", calib.to_str().unwrap(), "--out", "p.gguf"]);
+    assert!(!ok && text.contains("add --format gguf"), "{text}");
+    assert!(!d.join("p.gguf").exists());
     assert!(!d.join("hf").exists() && !d.join("x.gguf").exists() && !d.join("p").exists());
 }
