@@ -401,8 +401,9 @@ fn model_metadata(model: &Model, arch: &str, ffn: usize, ty: GgufType) -> Vec<(S
     m
 }
 
-/// A GGUF input's descriptive `general.*` keys (license, organization, basename, ...), kept in the
-/// output; those that describe the file or the model's size (type, alignment, size label) are not.
+/// A GGUF input's descriptive `general.*` keys (license, organization, basename, ...) and its run
+/// record (`fasp.json`, when it came from `prune --format gguf`), kept in the output; the keys that
+/// describe the file or the model's size (type, alignment, size label) are not.
 fn inherited_general(model: &Model) -> Result<Vec<(String, GgufValue)>> {
     if !model.path.is_file() {
         return Ok(Vec::new());
@@ -410,7 +411,11 @@ fn inherited_general(model: &Model) -> Result<Vec<(String, GgufValue)>> {
     const OWN: &[&str] =
         &["general.architecture", "general.file_type", "general.alignment", "general.quantization_version", "general.size_label"];
     let g = GgufFile::open(&model.path)?;
-    Ok(g.metadata_entries().iter().filter(|(k, _)| k.starts_with("general.") && !OWN.contains(&k.as_str())).cloned().collect())
+    Ok(g.metadata_entries()
+        .iter()
+        .filter(|(k, _)| (k.starts_with("general.") && !OWN.contains(&k.as_str())) || k == "fasp.json")
+        .cloned()
+        .collect())
 }
 
 /// The tokenizer keys: the input GGUF's `tokenizer.*`, copied verbatim; else built from the

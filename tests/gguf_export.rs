@@ -496,5 +496,14 @@ fn the_cli_picks_gguf_by_the_out_name_and_checks_its_flags() {
     let (ok, text) = run(&["prune", "--model", f.to_str().unwrap(), "--calib", calib.to_str().unwrap(), "--out", "p.gguf"]);
     assert!(!ok && text.contains("add --format gguf"), "{text}");
     assert!(!d.join("p.gguf").exists());
+    // a pruned GGUF converted to Q8_0 keeps its run record
+    let (ok, text) =
+        run(&["prune", "--model", f.to_str().unwrap(), "--calib", calib.to_str().unwrap(), "--out", "p.gguf", "--format", "gguf"]);
+    assert!(ok, "{text}");
+    let (ok, text) = run(&["convert", "--model", "p.gguf", "--out", "p8.gguf", "--gguf-type", "q8_0"]);
+    assert!(ok && text.contains("GGUF q8_0"), "{text}");
+    let (ok, text) = run(&["inspect", "--model", "p8.gguf", "--json"]);
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert!(ok && v["fasp"]["method"] == "fasp", "{text}");
     assert!(!d.join("hf").exists() && !d.join("x.gguf").exists() && !d.join("p").exists());
 }
