@@ -8,7 +8,7 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let Ok(raw) = serde_json::from_slice::<serde_json::Value>(data) else { return };
     let Ok(c) = ModelConfig::from_json(raw) else { return };
-    let _ = (c.v_width(), c.ctx_width(), c.group(), c.arch(), c.cuda_unsupported());
+    let _ = (c.v_width(), c.ctx_width(), c.group(), c.arch());
     for l in 0..c.layers.min(4) {
         let _ = (c.v_units(l), c.window(l), c.layer_rope(l));
     }
