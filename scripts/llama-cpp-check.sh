@@ -25,7 +25,8 @@
 #
 # Time on the 2-core AMD EPYC (24 GiB, no GPU): the first run builds the venv (see
 # docs/inference.md, "The llama.cpp build"); with the venv cached, the check itself took 12.6 min
-# wall (6 min CPU) with the machine loaded by other builds (load average 8-10).
+# wall (6 min CPU) with the machine loaded by other builds (load average 8-10), 8.6 min wall (8 min
+# CPU) at load average ~2.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 FASP_HOME="${FASP_HOME:-$HOME/.cache/fasp-engine}"
