@@ -174,8 +174,24 @@ pub fn tokenize_file(path: &Path, tok: &tokenizers::Tokenizer, role: Role) -> Re
     if text.trim().is_empty() {
         return Err(role.err(path, "the file is empty"));
     }
-    let enc = tok.encode(text.as_str(), false).map_err(|e| role.err(path, format!("tokenization failed: {e}")))?;
-    Ok(enc.get_ids().to_vec())
+    // encode_fast: the same ids without character offsets (5x faster on the 4.9 MB calibration text)
+    let enc = tok.encode_fast(text.as_str(), false).map_err(|e| role.err(path, format!("tokenization failed: {e}")))?;
+    let ids = enc.get_ids().to_vec();
+    drop((enc, text));
+    release_freed_memory();
+    Ok(ids)
+}
+
+/// Hands memory freed by the tokenizer back to the OS. The encoding of a long text takes about
+/// 100 bytes per byte of text (490 MB for the 4.9 MB calibration text); glibc keeps that in its
+/// arenas after it is freed, so without a trim it stays in the process's resident set for the
+/// whole prune.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only releases free heap pages; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// Token ids of a text or `.npy` file.

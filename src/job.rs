@@ -363,7 +363,23 @@ pub fn plan_request(
         chunk_tokens: env_chunk_tokens(),
         vocab: model.cfg.vocab,
         source_dtype_bytes: model.dtype().size(),
+        text_bytes: 0,
+        output_held_bytes: 0,
     }
+}
+
+/// The plan's view of the job's files: the calibration text tokenized at the start, and the
+/// output the HF writer holds until its shard (at most 2 GiB) is written (the GGUF writer spools
+/// to disk).
+fn with_job_files(mut req: PlanRequest, model: &Model, job: &PruneJob) -> PlanRequest {
+    if !calib::is_npy(&job.calib) {
+        req.text_bytes = std::fs::metadata(&job.calib).map_or(0, |m| m.len());
+    }
+    if job.format == OutFormat::Hf {
+        let dtype = job.dtype.unwrap_or_else(|| model.dtype());
+        req.output_held_bytes = (model.param_count() as u64).saturating_mul(dtype.size() as u64).min(output::SHARD_BYTES as u64);
+    }
+    req
 }
 
 /// [`plan_request`] for a model known by its config only (`bench`: f16 checkpoint).
@@ -386,6 +402,8 @@ pub fn plan_request_for_config(
         chunk_tokens: env_chunk_tokens(),
         vocab: cfg.vocab,
         source_dtype_bytes: 2,
+        text_bytes: 0,
+        output_held_bytes: 0,
     }
 }
 
@@ -412,6 +430,7 @@ fn early_plan(model: &Model, job: &PruneJob, target: Target, settings: &PlanSett
         0,
         settings.max_gpu_mem.map(|bytes| plan::Limit { bytes, source: "--max-gpu-mem".into() }),
     );
+    let req = with_job_files(req, model, job);
     plan::plan(&model.cfg, &req).map(Some)
 }
 
@@ -437,7 +456,7 @@ pub fn plan_prune(job: &PruneJob, settings: &PlanSettings) -> Result<Plan> {
     let target = be.as_deref().map_or(target0, |b| backend_target(job.device, b));
     let limit = device_limit(settings.max_gpu_mem, be.as_deref());
     let req = plan_request(&model, target, windows.n, windows.seqlen, job.prune.sparsity, eval_tokens, limit);
-    let mut p = plan::plan(&model.cfg, &req)?;
+    let mut p = plan::plan(&model.cfg, &with_job_files(req, &model, job))?;
     if target == Target::Cpu {
         p.estimate = Some(plan::estimate_cpu(&model.cfg, p.nsamples, p.seqlen, job.prune.sparsity)?);
     }
@@ -499,8 +518,8 @@ fn run_prune_inner(job: &PruneJob, settings: &PlanSettings) -> Result<PruneSumma
     let target = backend_target(job.device, be.as_ref());
     let eval_tokens = evals.iter().map(|e| e.ids.len()).sum();
     let limit = device_limit(settings.max_gpu_mem, Some(be.as_ref()));
-    let mut run_plan =
-        plan::plan(&model.cfg, &plan_request(&model, target, windows.n, windows.seqlen, job.prune.sparsity, eval_tokens, limit))?;
+    let req = plan_request(&model, target, windows.n, windows.seqlen, job.prune.sparsity, eval_tokens, limit);
+    let mut run_plan = plan::plan(&model.cfg, &with_job_files(req, &model, job))?;
     run_plan.check()?;
     apply_plan(&run_plan, be.as_mut());
     if job.progress {

@@ -14,7 +14,7 @@ use safetensors::tensor::TensorView;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-const SHARD_BYTES: usize = 2 << 30;
+pub const SHARD_BYTES: usize = 2 << 30;
 
 /// A directory that is deleted on drop unless `keep` was called. It holds the lock on its
 /// `--out` (see `OutClaim`) until it is dropped.

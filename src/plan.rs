@@ -87,7 +87,17 @@ pub struct PlanRequest {
     pub vocab: usize,
     /// Bytes per element of the checkpoint (for the bytes read per layer).
     pub source_dtype_bytes: usize,
+    /// Bytes of a calibration text tokenized at the start (0 for `.npy` token ids).
+    pub text_bytes: u64,
+    /// Output bytes the writer holds in memory until its shard is written: the HF writer keeps up
+    /// to one shard (2 GiB) of encoded tensors; the GGUF writer spools to disk and holds none.
+    pub output_held_bytes: u64,
 }
+
+/// Host bytes of tokenizing one byte of text (the tokenizer's encoding: ids, token strings and
+/// pre-tokenization buffers). Measured: 490 MB for the 4.9 MB calibration text (SmolLM2's
+/// tokenizer, `encode_fast`), so 100 per byte.
+pub const TOKENIZE_BYTES_PER_TEXT_BYTE: u64 = 100;
 
 /// One buffer of a phase.
 #[derive(Clone, Debug, Serialize)]
@@ -315,6 +325,8 @@ fn device_phases(x: &Dims, c: u64, a: u64, reserve: u64) -> Result<Vec<Phase>> {
 /// holds the embeddings at the start, and per layer the weights and the downloaded statistics.
 fn host_phases(x: &Dims, req: &PlanRequest) -> Result<Vec<Phase>> {
     let e = req.eval_tokens as u64;
+    let mut tokenize = Phase::new("tokenizing the calibration text");
+    tokenize.add("calibration text and its encoding", &[req.text_bytes, TOKENIZE_BYTES_PER_TEXT_BYTE + 1])?;
     let mut start = Phase::new("embedding");
     start
         .add("calibration token ids", &[x.t, 4])?
@@ -325,16 +337,18 @@ fn host_phases(x: &Dims, req: &PlanRequest) -> Result<Vec<Phase>> {
         let mut p = Phase::new(name);
         p.add("calibration token ids", &[x.t, 4])?.add("eval windows' hidden states", &[e, x.d, 4])?;
         p.add("layer weights (f32)", &[layers, x.w])?;
+        p.add("pruned output held by the writer until its shard is written", &[req.output_held_bytes])?;
         Ok(p)
     };
     if req.target.on_device() {
-        // current and prefetched layer, pinned staging, the pruned layer for the writer;
-        // the statistics come back as f64 H and the restoration converts a copy to f32
-        let mut attn = common("attention pair", 2)?;
-        attn.add("H (f64) and its f32 copy", &[x.nq, x.nq, 12])?;
+        // the device keeps H, W2 and the restoration's matrices; the host holds the current
+        // layer, the prefetched next layer and its pinned staging copy, the pruned layer for the
+        // writer, and O(n) summaries (diag(H), Σx in f64, scores, indices)
+        let mut attn = common("attention pair", 3)?;
+        attn.add("O(n) summaries", &[8, x.nq, 8])?;
         let mut mlp = common("MLP pair", 4)?;
-        mlp.add("H (f64) and its f32 copy", &[x.f, x.f, 12])?;
-        return Ok(vec![start, attn, mlp]);
+        mlp.add("O(n) summaries", &[8, x.f, 8])?;
+        return Ok(vec![tokenize, start, attn, mlp]);
     }
     let g = if x.gated { 1 } else { 0 };
     let act = |p: &mut Phase, name: &'static str, w: u64| p.add(name, &[x.t, w, 4]).map(|_| ());
@@ -364,7 +378,7 @@ fn host_phases(x: &Dims, req: &PlanRequest) -> Result<Vec<Phase>> {
     let mut out = common("layer output", 1)?;
     act(&mut out, "hidden states, residual stream, output", 3 * x.d)?;
     act(&mut out, "MLP activation and kept channels", x.f + x.km)?;
-    Ok(vec![start, attn, mlp, restore, out])
+    Ok(vec![tokenize, start, attn, mlp, restore, out])
 }
 
 /// Bytes moved per layer.
@@ -373,16 +387,12 @@ fn traffic(x: &Dims, req: &PlanRequest) -> Result<Traffic> {
     if !req.target.on_device() {
         return Ok(Traffic { read_bytes, h2d_bytes: None, d2h_bytes: None });
     }
-    // up: the layer (f32), o', kept W1 rows and W2' again, and both restorations' H and W2;
-    // down: both H (f64) and the restored W2'
-    let h2d = [
-        prod("h2d", &[x.w])?,
-        prod("h2d", &[x.d, x.kc, 4])?,
-        prod("h2d", &[(2 + u64::from(x.gated)) * x.d, x.km, 4])?,
-        prod("h2d", &[x.nq * x.nq + x.d * x.nq, 4])?,
-        prod("h2d", &[x.f * x.f + x.d * x.f, 4])?,
-    ];
-    let d2h = [prod("d2h", &[x.nq, x.nq, 8])?, prod("d2h", &[x.f, x.f, 8])?, prod("d2h", &[x.d, x.kc + x.km, 4])?];
+    // up: the layer (f32) once, and O(n) per pair (unit scores in f64, S and P indices);
+    // down: the restored W2' of o_proj and down_proj for the writer, and O(n) per pair
+    // (diag(H) and Σx in f64, column scores, kept units, error terms)
+    let on = |n: u64| prod("O(n)", &[n, 24]);
+    let h2d = [prod("h2d", &[x.w])?, on(x.nq)?, on(x.f)?];
+    let d2h = [prod("d2h", &[x.d, x.kc + x.km, 4])?, on(x.nq)?, on(x.f)?];
     let sum = |v: &[u64]| v.iter().try_fold(0u64, |a, &b| a.checked_add(b)).ok_or_else(|| overflow("bytes per layer"));
     Ok(Traffic { read_bytes, h2d_bytes: Some(sum(&h2d)?), d2h_bytes: Some(sum(&d2h)?) })
 }

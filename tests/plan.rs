@@ -209,6 +209,19 @@ fn planned_device_peak_holds_the_emulated_peak_and_the_backend_runs_the_planned_
     assert!(planned <= measured * 3 / 2, "planned {planned} is far above the measured {measured}");
     let full = r.plan.chunking.unwrap();
     assert_eq!(full.chunk_tokens, 16 * 32);
+    // the planned bytes per layer describe the device-resident data flow: what comes back is the
+    // pruned W2' plus O(n), never H (measured by the emulated device's counters)
+    let total = r.device_phases.as_ref().unwrap().total();
+    let layers = r.plan.layers as u64;
+    let (planned_d2h, planned_h2d) = (r.plan.per_layer.d2h_bytes.unwrap(), r.plan.per_layer.h2d_bytes.unwrap());
+    let measured_d2h = total.d2h_bytes / layers;
+    assert!(measured_d2h <= planned_d2h, "d2h per layer: measured {measured_d2h} > planned {planned_d2h}");
+    assert!(planned_d2h <= 2 * measured_d2h, "d2h per layer: planned {planned_d2h} is far above the measured {measured_d2h}");
+    let measured_h2d = (total.h2d_bytes - r.device_phases.as_ref().unwrap().embed.h2d_bytes) / layers;
+    assert!(
+        measured_h2d <= 2 * planned_h2d && planned_h2d <= 2 * measured_h2d,
+        "h2d per layer: planned {planned_h2d}, measured {measured_h2d}"
+    );
 
     // a limit between the smallest chunking's peak and the full one's: the plan chunks, the
     // backend follows, and the run stays within the limit
@@ -224,6 +237,8 @@ fn planned_device_peak_holds_the_emulated_peak_and_the_backend_runs_the_planned_
         chunk_tokens: None,
         vocab: 512,
         source_dtype_bytes: 2,
+        text_bytes: 0,
+        output_held_bytes: 0,
     };
     let smallest = plan::plan(&cfg, &req(1)).unwrap();
     assert_eq!(smallest.device.as_ref().unwrap().fits, Some(false));
