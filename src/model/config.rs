@@ -73,6 +73,10 @@ pub struct Biases {
     pub down: bool,
 }
 
+/// Decoder layers beyond which a config is refused as corrupt (the largest models have about 128):
+/// a fuzzed `num_hidden_layers` of 10^9 made the per-layer tables allocate 16 GB and abort.
+pub const MAX_LAYERS: usize = 65_536;
+
 #[derive(Clone, Debug)]
 pub struct ModelConfig {
     pub family: Family,
@@ -224,6 +228,10 @@ impl ModelConfig {
         let a = family.arch();
         let hidden = f.req_usize("hidden_size")?;
         let layers = f.req_usize("num_hidden_layers")?;
+        if layers > MAX_LAYERS {
+            // refused before the per-layer tables (windows, rope bases) are allocated
+            return Err(bad(format!("\"num_hidden_layers\" is {layers}, more than any model has (at most {MAX_LAYERS})")));
+        }
         let heads = f.req_usize("num_attention_heads")?;
         let vocab = f.req_usize("vocab_size")?;
         let ffn = f.req_usize(a.ffn_key)?;
@@ -504,6 +512,17 @@ mod tests {
     fn base() -> Value {
         json!({"model_type":"llama","hidden_size":64,"num_hidden_layers":2,"num_attention_heads":4,
             "intermediate_size":32,"vocab_size":10})
+    }
+
+    #[test]
+    fn a_billion_layers_is_refused_before_allocating() {
+        // the fuzzed config (and GGUF block_count) that made the per-layer tables abort
+        let mut c = base();
+        c["num_hidden_layers"] = json!(999_999_951u64);
+        let e = ModelConfig::from_json(c.clone()).unwrap_err().to_string();
+        assert!(e.contains("num_hidden_layers") && e.contains("999999951"), "{e}");
+        c["num_hidden_layers"] = json!(MAX_LAYERS);
+        assert!(ModelConfig::from_json(c).is_ok());
     }
 
     #[test]
